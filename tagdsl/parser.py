@@ -1,0 +1,477 @@
+"""Text -> ``tagdsl.ast.Module`` plus syntax diagnostics.
+
+Lark parses (LALR, so parsing itself never recurses); the tree is converted to
+AST nodes with an explicit stack so that long operator chains cannot exhaust
+Python's recursion limit. After a syntax error the parser blanks out the
+broken statement and parses again, so one run reports every independent
+syntax error in a file.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from . import ast as A
+from .diagnostics import Diagnostic, Severity
+from .resources import grammar_text
+from .spans import SourceFile, Span
+
+MAX_FILE_CHARS = 5_000_000
+MAX_NESTING = 200  # parentheses/brackets
+MAX_EXPR_DEPTH = 400  # any expression tree, e.g. a chain of 400 `or`
+MAX_SYNTAX_ERRORS = 25
+
+_STATEMENT_START = re.compile(r"^[ \t\u3000]*(tag|group|audience|let)\b(?!\s*\()", re.M)
+
+_TOKEN_NAMES = {
+    "STRING": "a string", "IDENT": "a name", "INT": "an integer", "DECIMAL": "a decimal",
+    "DURATION": "a duration", "WHEN": "`when`", "MANUAL": "`manual`", "EXCLUSIVE": "`exclusive`",
+    "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
+    "COMMA": "`,`", "EQUAL": "`=`", "DOT": "`.`", "COMP_OP": "a comparison", "ADD_OP": "`+` or `-`",
+    "MUL_OP": "`*` or `/`", "$END": "end of file", "TAG": "`tag`", "GROUP": "`group`",
+    "AUDIENCE": "`audience`", "LET": "`let`", "AND": "`and`", "OR": "`or`", "NOT": "`not`",
+    "IN": "`in`", "IS": "`is`", "MISSING": "`missing`", "BETWEEN": "`between`", "WHERE": "`where`",
+    "WITHIN": "`within`", "TRUE": "`true`", "FALSE": "`false`",
+}
+
+# Full-width punctuation typed by Chinese input methods, and what was meant.
+_FULLWIDTH = {
+    "“": '"', "”": '"', "‘": "'", "’": "'", "（": "(", "）": ")", "【": "[", "】": "]",
+    "，": ",", "＝": "=", "＞": ">", "＜": "<", "！": "!", "｛": "{", "｝": "}", "：": ":", "；": ";",
+}
+
+
+@lru_cache(maxsize=1)
+def _lark() -> Lark:
+    return Lark(grammar_text(), parser="lalr", lexer="basic", propagate_positions=True,
+                maybe_placeholders=True, cache=False)
+
+
+class _Collector:
+    def __init__(self, source: SourceFile):
+        self.source = source
+        self.diagnostics: list[Diagnostic] = []
+
+    def add(self, code: str, message: str, start: int, end: int | None = None, hint: str | None = None):
+        from .diagnostics import RULES
+
+        self.diagnostics.append(Diagnostic(code, RULES[code].severity, message, self.source.span(start, end), hint))
+
+
+def parse_text(text: str, path: str = "<string>") -> tuple[A.Module, list[Diagnostic]]:
+    """Parse one file's text. Never raises on bad input: problems are diagnostics."""
+    source = SourceFile(path, text)
+    out = _Collector(source)
+    if len(text) > MAX_FILE_CHARS:
+        out.add("TD105", f"file is too large ({len(text):,} characters; the limit is {MAX_FILE_CHARS:,})", 0, 0,
+                "split the ruleset into several files")
+        return A.Module(path, ()), out.diagnostics
+    nul = text.find("\x00")
+    if nul >= 0:
+        out.add("TD106", "the file contains a NUL byte", nul, nul + 1, "rule files are UTF-8 text")
+        return A.Module(path, ()), out.diagnostics
+    if _check_nesting(text, out):
+        return A.Module(path, ()), out.diagnostics
+    if _check_balance(text, out):
+        return A.Module(path, ()), out.diagnostics
+
+    work = text
+    for _ in range(MAX_SYNTAX_ERRORS + 1):
+        comments: list[Token] = []
+        try:
+            tree = _parse_with_comments(work, comments)
+        except UnexpectedInput as exc:
+            pos = _error_offset(exc, work)
+            try:
+                _report_syntax_error(exc, work, pos, out)
+            except _Resync as resync:
+                pos = resync.pos
+            blanked = _blank_statement(work, pos)
+            if blanked is None or len(out.diagnostics) >= MAX_SYNTAX_ERRORS:
+                return A.Module(path, ()), out.diagnostics
+            work = blanked
+            continue
+        builder = _Builder(source, out)
+        statements = builder.build(tree)
+        module = A.Module(path, tuple(statements),
+                          tuple(A.Comment(str(c), source.span(c.start_pos, c.end_pos)) for c in comments))
+        return module, out.diagnostics
+    return A.Module(path, ()), out.diagnostics
+
+
+def _parse_with_comments(text: str, comments: list) -> Tree:
+    # lexer_callbacks are fixed at construction; collect comments with a
+    # second, comment-only scan instead (cheap, and keeps one cached parser).
+    tree = _lark().parse(text)
+    comments.extend(_scan_comments(text))
+    return tree
+
+
+_COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n\r]|\\.)*"|#[^\n]*')
+
+
+def _scan_comments(text: str) -> list[Token]:
+    found = []
+    for m in _COMMENT_OR_STRING.finditer(text):
+        if m.group().startswith("#"):
+            found.append(Token("COMMENT", m.group().rstrip("\r"), start_pos=m.start(), end_pos=m.start() + len(m.group().rstrip("\r"))))
+    return found
+
+
+def _code_chars(text: str):
+    """Yield (offset, char) for characters outside strings and comments."""
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if ch == '"':
+            m = re.compile(r'"(?:[^"\\\n\r]|\\.)*"').match(text, i)
+            if m:
+                i = m.end()
+                continue
+        yield i, ch
+        i += 1
+
+
+def _check_nesting(text: str, out: _Collector) -> bool:
+    depth = 0
+    for i, ch in _code_chars(text):
+        if ch in "([":
+            depth += 1
+            if depth > MAX_NESTING:
+                out.add("TD105", f"expression nested more than {MAX_NESTING} levels deep", i, i + 1,
+                        "simplify the expression, e.g. with `let` names")
+                return True
+        elif ch in ")]":
+            depth = max(0, depth - 1)
+    return False
+
+
+def _check_balance(text: str, out: _Collector) -> bool:
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[tuple[str, int]] = []
+    bad = False
+    for i, ch in _code_chars(text):
+        if ch in "([{":
+            stack.append((ch, i))
+        elif ch in ")]}":
+            if stack and stack[-1][0] == pairs[ch]:
+                stack.pop()
+            else:
+                if stack and ch == "}" and stack[-1][0] in "([":
+                    opener, at = stack.pop()
+                    line, col = out.source.position(at)
+                    out.add("TD103", f"`{opener}` opened at line {line}, column {col} is not closed before `}}`",
+                            at, at + 1, f"add `{')' if opener == '(' else ']'}`")
+                    if stack and stack[-1][0] == "{":
+                        stack.pop()
+                else:
+                    out.add("TD103", f"`{ch}` has no matching `{pairs[ch]}`", i, i + 1, f"remove it or add the opening `{pairs[ch]}`")
+                bad = True
+    for opener, at in stack:
+        closer = {"(": ")", "[": "]", "{": "}"}[opener]
+        out.add("TD103", f"`{opener}` is never closed", at, at + 1, f"add the matching `{closer}`")
+        bad = True
+    return bad
+
+
+def _error_offset(exc: UnexpectedInput, text: str) -> int:
+    if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
+        return len(text.rstrip())
+    pos = getattr(exc, "pos_in_stream", None)
+    if pos is None and isinstance(exc, UnexpectedToken):
+        pos = exc.token.start_pos
+    return int(pos or 0)
+
+
+def _describe_expected(expected) -> str:
+    names = sorted({_TOKEN_NAMES.get(e, e.lower()) for e in expected if not e.startswith("__")})
+    if len(names) > 8:
+        return "an expression or statement"
+    return ", ".join(names[:-1]) + (" or " if len(names) > 1 else "") + names[-1] if names else "something else"
+
+
+def _report_syntax_error(exc: UnexpectedInput, text: str, pos: int, out: _Collector) -> None:
+    if isinstance(exc, UnexpectedCharacters):
+        ch = text[pos] if pos < len(text) else ""
+        if ch == '"':
+            end = text.find("\n", pos)
+            end = len(text) if end < 0 else end
+            out.add("TD101", "unterminated string", pos, end, 'close the string with `"` on the same line')
+        elif ch in _FULLWIDTH:
+            out.add("TD100", f"full-width `{ch}` is not TagDSL punctuation", pos, pos + 1,
+                    f"use the ASCII `{_FULLWIDTH[ch]}` (switch the input method to half-width)")
+        elif ch.isdigit():
+            m = re.compile(r"[\w.]+").match(text, pos)
+            lit = m.group() if m else ch
+            out.add("TD104", f"malformed number or duration `{lit}`", pos, pos + len(lit),
+                    "numbers are 12 or 12.5; durations are a whole number with w, d, h, m or s (e.g. 30d)")
+        elif ch == "'":
+            out.add("TD100", "strings use double quotes", pos, pos + 1, 'write "…" instead of \'…\'')
+        else:
+            shown = ch if ch.isprintable() and not ch.isspace() else f"U+{ord(ch):04X}"
+            out.add("TD100", f"unexpected character `{shown}`", pos, pos + 1, "remove it")
+        return
+    token = getattr(exc, "token", None)
+    expected = getattr(exc, "expected", None) or getattr(exc, "accepts", None) or set()
+    if isinstance(exc, UnexpectedToken) and exc.accepts:
+        expected = exc.accepts
+    if token is None or token.type == "$END":
+        out.add("TD100", f"unexpected end of file; expected {_describe_expected(expected)}", pos, pos,
+                "complete the statement")
+        return
+    tok = str(token)
+    end = pos + max(1, len(tok))
+    if set(expected) == {"LPAR"} and text[:pos].rstrip().endswith("tag"):
+        # `x == ` followed by the next `tag "…"` statement: the expression is
+        # incomplete; the keyword was taken for a tag("…") reference.
+        kw = text[:pos].rstrip()
+        at = len(kw) - 3
+        prev = len(text[:at].rstrip())
+        out.add("TD100", "expected an expression before the next `tag` statement", max(prev - 1, 0), prev,
+                "complete the condition")
+        raise _Resync(max(prev - 1, 0))
+    if "WHEN" in expected and "MANUAL" in expected:
+        out.add("TD100", f"expected `when` or `manual` after the tag name, found `{tok}`", pos, end,
+                'write tag "名称" when <condition>, or tag "名称" manual')
+    elif token.type == "IDENT" and expected == {"STRING"}:
+        out.add("TD100", f"names of tags, groups and audiences are quoted strings, found `{tok}`", pos, end,
+                f'write "{tok}"')
+    elif token.type in ("TAG", "GROUP", "AUDIENCE", "LET", "RBRACE", "LBRACE") and (
+        "IDENT" in expected or "STRING" in expected or "LPAR" in expected
+    ):
+        out.add("TD100", f"expected an expression before `{tok}`", pos, end, "complete the condition")
+    else:
+        out.add("TD100", f"unexpected `{tok}`; expected {_describe_expected(expected)}", pos, end,
+                "check the statement's syntax in docs/language.md")
+
+
+class _Resync(Exception):
+    def __init__(self, pos: int):
+        self.pos = pos
+
+
+def _blank_statement(text: str, pos: int) -> str | None:
+    """Blank out (keep newlines) the statement containing ``pos`` so the rest
+    of the file can be parsed; None when no progress is possible."""
+    starts = [m.start(1) for m in _STATEMENT_START.finditer(text)]
+    before = [s for s in starts if s <= pos]
+    after = [s for s in starts if s > pos]
+    begin = before[-1] if before else 0
+    if begin == pos and before and len(before) > 1 and not after:
+        pass
+    end = after[0] if after else len(text)
+    if end <= begin:
+        return None
+    chunk = re.sub(r"[^\n]", " ", text[begin:end])
+    new = text[:begin] + chunk + text[end:]
+    return None if new == text else new
+
+
+# -- tree -> AST ---------------------------------------------------------------------
+
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.S)
+_SIMPLE_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
+
+
+class _Builder:
+    def __init__(self, source: SourceFile, out: _Collector):
+        self.source = source
+        self.out = out
+
+    def span(self, node) -> Span:
+        if isinstance(node, Token):
+            return self.source.span(node.start_pos, node.end_pos)
+        meta = node.meta
+        if getattr(meta, "empty", True):
+            return self.source.span(0, 0)
+        return self.source.span(meta.start_pos, meta.end_pos)
+
+    def string(self, token: Token) -> str:
+        raw = str(token)[1:-1]
+        base = token.start_pos + 1
+
+        def repl(m: re.Match) -> str:
+            esc = m.group(1)
+            if esc in _SIMPLE_ESCAPES:
+                return _SIMPLE_ESCAPES[esc]
+            if esc.startswith("u") and len(esc) == 5:
+                return chr(int(esc[1:], 16))
+            start = base + m.start()
+            self.out.add("TD102", f"invalid escape `\\{esc}` in string", start, start + 1 + len(esc),
+                         r'use \" \\ \n \t or \uXXXX; write \\ for a backslash')
+            return esc
+
+        return _ESCAPE.sub(repl, raw)
+
+    def build(self, tree: Tree) -> list:
+        # Post-order conversion with an explicit stack.
+        results: dict[int, object] = {}
+        stack: list[tuple[object, bool]] = [(tree, False)]
+        while stack:
+            node, ready = stack.pop()
+            if not isinstance(node, Tree):
+                continue
+            if not ready:
+                stack.append((node, True))
+                for child in reversed(node.children):
+                    if isinstance(child, Tree):
+                        stack.append((child, False))
+                continue
+            kids = [results.pop(id(c)) if isinstance(c, Tree) else c for c in node.children]
+            results[id(node)] = self.convert(node, kids)
+        statements = results[id(tree)]
+        return [s for s in statements if s is not None and self._depth_ok(s)]
+
+    def _depth_ok(self, stmt) -> bool:
+        # Iterative depth measurement; deeper trees are refused (TD105) so
+        # later passes may recurse safely.
+        stack = [(stmt, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if depth > MAX_EXPR_DEPTH:
+                self.out.add("TD105", f"expression nested more than {MAX_EXPR_DEPTH} levels deep",
+                             stmt.span.start, stmt.span.start, "split it with `let` names or use `in [...]`")
+                return False
+            for child in _children(node):
+                stack.append((child, depth + 1))
+        return True
+
+    def convert(self, node: Tree, kids: list):
+        kind = node.data
+        span = self.span(node)
+        if kind == "start":
+            return kids
+        if kind == "tag_rule":
+            name_tok, cond, block = kids
+            attrs, has_block = block if block is not None else ((), False)
+            return A.TagStmt(self.string(name_tok), cond, False, attrs, has_block, span, self.span(name_tok))
+        if kind == "tag_manual":
+            name_tok, _manual, block = kids
+            attrs, has_block = block if block is not None else ((), False)
+            return A.TagStmt(self.string(name_tok), None, True, attrs, has_block, span, self.span(name_tok))
+        if kind == "group_stmt":
+            name_tok, excl, *tags = kids
+            return A.GroupStmt(self.string(name_tok), excl is not None, tuple(tags), span, self.span(name_tok))
+        if kind == "audience_stmt":
+            name_tok, expr, block = kids
+            attrs, has_block = block if block is not None else ((), False)
+            return A.AudienceStmt(self.string(name_tok), expr, attrs, has_block, span, self.span(name_tok))
+        if kind == "let_stmt":
+            name_tok, expr = kids
+            return A.LetStmt(str(name_tok), expr, span, self.span(name_tok))
+        if kind == "block":
+            return tuple(kids), True
+        if kind == "attribute":
+            key, value = kids
+            return A.AttributeItem(str(key), value, span, self.span(key))
+        if kind == "neg_int":
+            sign, tok = kids
+            return A.Literal(-int(str(tok)) if str(sign) == "-" else int(str(tok)), "int", span)
+        if kind in ("or_", "and_"):
+            left, right = kids
+            return A.Binary(kind[:-1], left, right, span)
+        if kind == "not_":
+            return A.Unary("not", kids[0], span)
+        if kind in ("compare", "arith"):
+            left, op, right = kids
+            return A.Binary(str(op), left, right, span, self.span(op))
+        if kind == "between":
+            return A.Between(kids[0], kids[1], kids[2], span)
+        if kind in ("in_", "not_in"):
+            return A.In(kids[0], kids[1], kind == "not_in", span)
+        if kind in ("is_missing", "is_not_missing"):
+            return A.IsMissing(kids[0], kind == "is_not_missing", span)
+        if kind == "neg":
+            op, operand = kids
+            return operand if str(op) == "+" else A.Unary("-", operand, span)
+        if kind == "name":
+            return A.Name(str(kids[0]), span)
+        if kind == "source_field":
+            src, fld = kids
+            return A.SourceField(str(src), str(fld), span, self.span(fld))
+        if kind == "call":
+            func, args = kids
+            if args is None:
+                return A.Call(str(func), (), None, None, span, self.span(func))
+            first, where, within, *rest = args
+            return A.Call(str(func), (first, *rest), where, within, span, self.span(func))
+        if kind == "call_args":
+            return kids
+        if kind in ("where_clause", "within_clause"):
+            return kids[0]
+        if kind == "tag_ref":
+            (tok,) = kids
+            return A.TagRef(self.string(tok), span, self.span(tok))
+        if kind == "list":
+            items = tuple(k for k in kids if k is not None)
+            return A.ListExpr(items, span)
+        if kind == "paren":
+            return A.Paren(kids[0], span)
+        if kind == "string":
+            return A.Literal(self.string(kids[0]), "string", span)
+        if kind == "int":
+            return A.Literal(int(str(kids[0])), "int", span)
+        if kind == "decimal":
+            try:
+                return A.Literal(Decimal(str(kids[0])), "decimal", span)
+            except InvalidOperation:  # pragma: no cover - the token regex forbids it
+                self.out.add("TD104", f"malformed decimal `{kids[0]}`", span.start, span.end)
+                return A.Literal(Decimal(0), "decimal", span)
+        if kind == "duration":
+            text = str(kids[0])
+            return A.Literal(A.Duration(int(text[:-1]), text[-1]), "duration", span)
+        if kind == "true":
+            return A.Literal(True, "bool", span)
+        if kind == "false":
+            return A.Literal(False, "bool", span)
+        raise AssertionError(f"unhandled grammar rule {kind}")  # grammar and builder out of sync
+
+
+def _children(node):
+    if isinstance(node, A.TagStmt):
+        return [node.condition] if node.condition is not None else []
+    if isinstance(node, A.GroupStmt):
+        return list(node.tags)
+    if isinstance(node, (A.AudienceStmt, A.LetStmt)):
+        return [node.expr]
+    if isinstance(node, A.ListExpr):
+        return list(node.items)
+    if isinstance(node, A.Call):
+        return [*node.args, *(x for x in (node.where, node.within) if x is not None)]
+    if isinstance(node, A.Unary):
+        return [node.operand]
+    if isinstance(node, A.Binary):
+        return [node.left, node.right]
+    if isinstance(node, A.Between):
+        return [node.operand, node.low, node.high]
+    if isinstance(node, A.In):
+        return [node.operand, node.options]
+    if isinstance(node, (A.IsMissing,)):
+        return [node.operand]
+    if isinstance(node, A.Paren):
+        return [node.expr]
+    return []
+
+
+def decode_source(data: bytes, path: str) -> tuple[str | None, list[Diagnostic]]:
+    """Bytes of a rule file -> text, or a TD106 diagnostic at the first bad byte."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        good = data[: exc.start].decode("utf-8")
+        source = SourceFile(path, good + " ")
+        span = source.span(len(good), len(good) + 1)
+        return None, [Diagnostic("TD106", Severity.ERROR,
+                                 f"the file is not valid UTF-8 (byte 0x{data[exc.start]:02X} at offset {exc.start})",
+                                 span, "save the file as UTF-8")]
