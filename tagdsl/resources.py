@@ -1,36 +1,29 @@
-"""Locating the grammar and the shipped rulesets, installed or in a checkout."""
+"""Locating the grammar and the shipped rulesets, installed or in a checkout.
+
+In a checkout they live at the top (`grammar/`, `rulesets/`, the user's
+layout); an installed package carries them as `tagdsl/_grammar` and
+`tagdsl/_rulesets` (see pyproject.toml's package-dir mapping).
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 
-_CHECKOUT = Path(__file__).resolve().parent.parent
+_PACKAGE = Path(__file__).resolve().parent
+_CHECKOUT = _PACKAGE.parent
 
 
-def _package_dir(package: str, checkout_dir: str) -> Path:
-    try:
-        from importlib.resources import files
-
-        path = Path(str(files(package)))
-        if path.is_dir():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return _CHECKOUT / checkout_dir
+def _data_dir(installed: str, checkout: str) -> Path:
+    inside = _PACKAGE / installed
+    return inside if inside.is_dir() else _CHECKOUT / checkout
 
 
 @lru_cache(maxsize=None)
 def grammar_text() -> str:
-    path = _CHECKOUT / "grammar" / "tagdsl.lark"
-    if not path.is_file():
-        path = _package_dir("tagdsl._grammar", "grammar") / "tagdsl.lark"
-    return path.read_text(encoding="utf-8")
+    return (_data_dir("_grammar", "grammar") / "tagdsl.lark").read_text(encoding="utf-8")
 
 
 def shipped_rulesets_dir() -> Path:
     """The directory of the rulesets shipped with tagdsl."""
-    path = _CHECKOUT / "rulesets"
-    if path.is_dir() and any(path.glob("*.tag")):
-        return path
-    return _package_dir("tagdsl._rulesets", "rulesets")
+    return _data_dir("_rulesets", "rulesets")

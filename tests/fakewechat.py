@@ -320,6 +320,9 @@ class FakeWeChat:
         self._mp_tags: dict[int, str] = {MP_STAR_TAG[0]: MP_STAR_TAG[1]}
         self._mp_members: dict[int, dict[str, None]] = {MP_STAR_TAG[0]: {}}  # ordered by tagging time
         self._next_tag_id = MP_FIRST_TAG_ID
+        # paging cache: ordered openids and their positions, rebuilt when _mp_version moves
+        self._mp_version = 0
+        self._order_cache: dict[Any, tuple[int, list[str], dict[str, int]]] = {}
 
         # WeCom state
         self._groups: dict[str, _CorpGroup] = {}
@@ -327,6 +330,7 @@ class FakeWeChat:
         self._follow_users: dict[str, list[str]] = {}  # userid -> external_userids (ordered)
         self._contacts: dict[str, dict[str, Any]] = {}  # external_userid -> profile
         self._relations: dict[tuple[str, str], _Relation] = {}
+        self._followers_of: dict[str, list[str]] = {}  # external_userid -> member userids
         self._wecom_seq = 0
 
         self._routes: dict[str, tuple[str, Callable[[dict, dict], dict]]] = {
@@ -499,6 +503,7 @@ class FakeWeChat:
                     language=language,
                 )
                 out.append(openid)
+            self._mp_version += 1
             return out
 
     def unsubscribe(self, openid: str) -> None:
@@ -506,6 +511,7 @@ class FakeWeChat:
         with self._lock:
             f = self._followers[openid]
             f.subscribe = 0
+            self._mp_version += 1
             for tid in f.tagids:
                 self._mp_members[tid].pop(openid, None)
             f.tagids = []
@@ -526,6 +532,7 @@ class FakeWeChat:
         """Tag followers directly, bypassing the per-call and per-follower limits."""
         with self._lock:
             members = self._mp_members[tag_id]
+            self._mp_version += 1
             for openid in openids:
                 f = self._followers[openid]
                 if tag_id not in f.tagids:
@@ -583,6 +590,7 @@ class FakeWeChat:
             }
             for userid in follow_users:
                 self._follow_users.setdefault(userid, []).append(ext)
+                self._followers_of.setdefault(ext, []).append(userid)
                 self._relations[(userid, ext)] = _Relation(
                     userid=userid, external_userid=ext,
                     createtime=createtime or 1_650_000_000 + self._wecom_seq * 61,
@@ -885,6 +893,7 @@ class FakeWeChat:
         tid = self._mp_tag_id(tag.get("id"))
         if len(self._mp_members[tid]) > self.limits.mp_delete_max_fans:
             raise ApiError(45057)
+        self._mp_version += 1
         for openid in self._mp_members.pop(tid):
             self._followers[openid].tagids.remove(tid)
         del self._mp_tags[tid]
@@ -910,6 +919,7 @@ class FakeWeChat:
         limit = self.limits.mp_max_tags_per_follower
         if any(tid not in f.tagids and len(f.tagids) >= limit for f in followers):
             raise ApiError(45059)  # validated for the whole batch first: nothing is applied
+        self._mp_version += 1
         for f in followers:
             if tid not in f.tagids:
                 f.tagids.append(tid)
@@ -918,6 +928,7 @@ class FakeWeChat:
 
     def _mp_batchuntagging(self, q: dict, body: dict) -> dict:
         tid, followers = self._mp_batch(body)
+        self._mp_version += 1
         for f in followers:
             if tid in f.tagids:
                 f.tagids.remove(tid)
@@ -927,26 +938,33 @@ class FakeWeChat:
     def _mp_getidlist(self, q: dict, body: dict) -> dict:
         return {"tagid_list": list(self._mp_follower(body.get("openid")).tagids)}
 
-    def _page(self, openids: list[str], next_openid: str | None, total: int) -> dict:
+    def _ordered(self, key: Any, build: Callable[[], list[str]]) -> tuple[list[str], dict[str, int]]:
+        cached = self._order_cache.get(key)
+        if cached is None or cached[0] != self._mp_version:
+            items = build()
+            cached = self._order_cache[key] = (self._mp_version, items, {o: i for i, o in enumerate(items)})
+        return cached[1], cached[2]
+
+    def _page(self, key: Any, build: Callable[[], list[str]], next_openid: str | None) -> dict:
+        openids, index = self._ordered(key, build)
+        total = len(openids)
         start = 0
         if next_openid:
-            try:
-                start = openids.index(next_openid) + 1
-            except ValueError:
-                raise ApiError(40003) from None
+            if next_openid not in index:
+                raise ApiError(40003)
+            start = index[next_openid] + 1
         page = openids[start:start + self.limits.mp_page_size]
         if not page:  # after the last page: no "data", empty next_openid (real behaviour)
             return {"total": total, "count": 0, "next_openid": ""}
         return {"total": total, "count": len(page), "data": {"openid": page}, "next_openid": page[-1]}
 
     def _mp_user_get(self, q: dict, body: dict) -> dict:
-        subscribed = [o for o, f in self._followers.items() if f.subscribe]
-        return self._page(subscribed, q.get("next_openid"), len(subscribed))
+        return self._page("followers", lambda: [o for o, f in self._followers.items() if f.subscribe],
+                          q.get("next_openid"))
 
     def _mp_tag_users(self, q: dict, body: dict) -> dict:
         tid = self._mp_tag_id(body.get("tagid"))
-        members = list(self._mp_members[tid])
-        page = self._page(members, body.get("next_openid"), len(members))
+        page = self._page(("tag", tid), lambda: list(self._mp_members[tid]), body.get("next_openid"))
         page.pop("total")  # user/tag/get has no total
         return page
 
@@ -1148,9 +1166,8 @@ class FakeWeChat:
         if ext not in self._contacts:
             raise ApiError(40096)
         follow = []
-        for rel in self._relations.values():
-            if rel.external_userid != ext:
-                continue
+        for userid in self._followers_of.get(ext, ()):
+            rel = self._relations[(userid, ext)]
             info = self._follow_info(rel)
             info["tags"] = [{"group_name": self._groups[self._corp_tags[t].group_id].group_name,
                              "tag_name": self._corp_tags[t].name, "tag_id": t, "type": 1}
@@ -1171,13 +1188,25 @@ class FakeWeChat:
             start = int(base64.urlsafe_b64decode(body["cursor"]).decode()) if body.get("cursor") else 0
         except (ValueError, UnicodeDecodeError):
             raise ApiError(40058) from None
-        pairs = [(u, e) for u in userids for e in self._follow_users[u]]
+        # the cursor is a position in the (userid, external_userid) pairs of userid_list's members
+        pairs: list[tuple[str, str]] = []
+        skip = start
+        for u in userids:
+            contacts = self._follow_users[u]
+            if skip >= len(contacts):
+                skip -= len(contacts)
+                continue
+            pairs.extend((u, e) for e in contacts[skip:skip + limit - len(pairs)])
+            skip = 0
+            if len(pairs) == limit:
+                break
         items = [{"external_contact": dict(self._contacts[e]),
                   "follow_info": {**self._follow_info(self._relations[(u, e)]),
                                   "tag_id": list(self._relations[(u, e)].tag_ids)}}
-                 for u, e in pairs[start:start + limit]]
-        end = start + limit
-        cursor = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(pairs) else ""
+                 for u, e in pairs]
+        end = start + len(pairs)
+        more = end < sum(len(self._follow_users[u]) for u in userids)
+        cursor = base64.urlsafe_b64encode(str(end).encode()).decode() if more else ""
         return self._ok(external_contact_list=items, next_cursor=cursor)
 
 
@@ -1229,6 +1258,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API
     server_version = "FakeWeChat/1.0"
     timeout = 60  # idle keep-alive connections are closed after this
+    disable_nagle_algorithm = True  # headers and body go out in two writes: avoid 40 ms ACK stalls
 
     def do_GET(self) -> None:
         self._dispatch("GET")
