@@ -23,7 +23,7 @@ Typical use::
     call_with_retry(lambda: wc.post("externalcontact/batch/get_by_user",
                                     data={"userid_list": userids, "cursor": cursor, "limit": 100}))
 
-wechatpy 1.8 behaviours this module works around (see docs/PITFALLS):
+wechatpy 1.8 behaviours this module works around (see ../shared/PITFALLS.md):
 
 * ``fetch_access_token`` requests a hard-coded official URL and sends no timeout: both clients
   fetch ``<base>token`` / ``<base>gettoken`` with the client's timeout.

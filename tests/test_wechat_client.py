@@ -81,6 +81,14 @@ def test_defaults_are_the_official_hosts():
     assert make_wecom_client("ww0", "s" * 43).API_BASE_URL == WECOM_API_BASE_URL
 
 
+def test_absolute_official_urls_are_rebased():
+    """wechatpy API classes with their own absolute base must not reach the real host."""
+    client = make_mp_client("wx0", "0" * 32, api_base_url="http://127.0.0.1:9/cgi-bin")
+    assert client.API_BASE_URL == "http://127.0.0.1:9/cgi-bin/"
+    assert client._rebase("https://api.weixin.qq.com/cgi-bin/tags/get") == "http://127.0.0.1:9/cgi-bin/tags/get"
+    assert client._rebase("https://api.weixin.qq.com/wxa/getwxacode") == "http://127.0.0.1:9/wxa/getwxacode"
+
+
 def test_token_is_fetched_from_the_configured_base_and_cached(fake):
     client = mp(fake)
     tags = call_with_retry(client.tag.get)
@@ -217,7 +225,7 @@ def test_timeout_is_retried():
         started = time.monotonic()
         assert call_with_retry(client.tag.get, **FAST)
         assert time.monotonic() - started < 0.45  # gave up on the slow answer, did not wait for it
-        assert fake.calls["tags/get"] == 3
+        assert [r["fault"] for r in fake.requests if r["endpoint"] == "tags/get"] == [None, "slow", None]
 
 
 def test_unexpected_error_is_raised_with_code_and_message(fake):
@@ -337,6 +345,18 @@ def test_tag_name_and_count_limits():
         assert errcode(lambda: client.tag.create("沉默")) == 45056
 
 
+def test_tag_with_too_many_fans_cannot_be_deleted():
+    with FakeWeChat(limits=Limits(mp_delete_max_fans=3)) as fake:
+        big, small = fake.add_tag("老客"), fake.add_tag("新客")
+        openids = fake.add_followers(4)
+        fake.set_members(big, openids)
+        fake.set_members(small, openids[:3])
+        client = mp(fake)
+        assert pytest.raises(WeChatError, call_with_retry, lambda: client.tag.delete(big)).value.errcode == 45057
+        call_with_retry(lambda: client.tag.delete(small))
+        assert "新客" not in fake.mp_tags() and fake.mp_tags_of(openids[0]) == [big]
+
+
 def test_foreign_openid_is_refused(fake):
     tag = fake.add_tag("VIP")
     client = mp(fake)
@@ -426,6 +446,20 @@ def test_wecom_corp_tags_and_mark_tag_round_trip(fake):
                                            [{"name": "高价值"}])) == 40071
 
 
+def test_wecom_edit_and_delete_corp_tags(fake):
+    ext = fake.add_external_contact(["zhangsan"])
+    vip, quiet = fake.add_corp_tag("客户等级", "高价值"), fake.add_corp_tag("客户等级", "沉默")
+    fake.set_contact_tags("zhangsan", ext, [vip, quiet])
+    ec = wecom(fake).external_contact
+    call_with_retry(lambda: ec.edit_corp_tag(quiet, "沉睡", None))
+    assert fake.wecom_corp_tags() == {"客户等级": {"高价值": vip, "沉睡": quiet}}
+    call_with_retry(lambda: ec.del_corp_tag(tag_id=[quiet]))
+    assert fake.wecom_tags_of("zhangsan", ext) == {vip}
+    call_with_retry(lambda: ec.del_corp_tag(tag_id=[vip]))
+    assert fake.wecom_corp_tags() == {}  # the emptied group went with its last tag
+    assert call_with_retry(ec.get_corp_tag_list)["tag_group"] == []
+
+
 def test_wecom_corp_tag_limits():
     with FakeWeChat(limits=Limits(wecom_max_corp_tags=3)) as fake:
         ec = wecom(fake).external_contact
@@ -463,6 +497,18 @@ def test_operations_complete_exactly_once_under_20_percent_faults():
         assert fake.mp_members(tags[0]) == set(openids[200:])
         assert fake.mp_members(tags[1]) == fake.mp_members(tags[2]) == set(openids)
         assert fake.wecom_members(corp_tag) == {("zhangsan", e) for e in exts}
+
+
+def test_concurrent_membership_calls_are_all_applied(fake):
+    """The sync may push batches from several threads through one client."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tag = fake.add_tag("VIP")
+    openids = fake.add_followers(1000)
+    client = mp(fake)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda b: call_with_retry(lambda: client.tag.tag_user(tag, b)), chunks(openids, 50)))
+    assert fake.mp_members(tag) == set(openids) and fake.ok_calls["tags/members/batchtagging"] == 20
 
 
 def test_fake_runs_as_a_subprocess():
