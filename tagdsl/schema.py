@@ -15,9 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import (
-    JSON, BigInteger, Boolean, Column, Date, DateTime, Float, ForeignKey, Index, Integer, MetaData, Numeric,
+    JSON, BigInteger, Boolean, Column, Date, Float, ForeignKey, Index, Integer, MetaData, Numeric,
     String, Table, Text,
 )
+from sqlalchemy import DateTime as _DateTime
+from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeEngine
 
 from .config import Config, FieldSpec, FieldType
@@ -28,6 +30,11 @@ STRING_LENGTH = 255
 
 # MySQL/MariaDB: utf8mb4 with binary collation, so '=' compares code points.
 MYSQL_TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+
+def DateTime() -> TypeEngine:  # noqa: N802 - stands in for sqlalchemy.DateTime
+    # MySQL/MariaDB DATETIME keeps no fraction of a second unless asked (fsp).
+    return _DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def sql_type(spec: FieldSpec) -> TypeEngine:
@@ -115,7 +122,7 @@ def build_tables(config: Config, metadata: MetaData | None = None) -> Tables:
         Column("tag", String(TAG_LENGTH), primary_key=True),
         # rule: computed by the engine; manual: set by staff; import: pulled from WeChat/WeCom.
         Column("source", String(16), primary_key=True),
-        Column("assigned_at", DateTime, nullable=False),
+        Column("assigned_at", DateTime(), nullable=False),
         Column("run_id", BigInteger),
         Index(f"ix_{p}memberships_tag", "tag", "source"),
         **MYSQL_TABLE_ARGS,
@@ -123,9 +130,9 @@ def build_tables(config: Config, metadata: MetaData | None = None) -> Tables:
     runs = Table(
         f"{p}runs", md,
         Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-        Column("started_at", DateTime, nullable=False),
-        Column("finished_at", DateTime),
-        Column("as_of", DateTime, nullable=False),
+        Column("started_at", DateTime(), nullable=False),
+        Column("finished_at", DateTime()),
+        Column("as_of", DateTime(), nullable=False),
         Column("ruleset_hash", String(64), nullable=False),
         Column("status", String(16), nullable=False),  # running | ok | failed | dry-run
         Column("followers", BigInteger),
@@ -161,8 +168,8 @@ def build_tables(config: Config, metadata: MetaData | None = None) -> Tables:
         f"{p}expirations", md,
         Column("openid", String(ID_LENGTH), primary_key=True),
         Column("tag", String(TAG_LENGTH), primary_key=True),
-        Column("assigned_at", DateTime, nullable=False),
-        Column("expired_at", DateTime, nullable=False),
+        Column("assigned_at", DateTime(), nullable=False),
+        Column("expired_at", DateTime(), nullable=False),
         **MYSQL_TABLE_ARGS,
     )
     return Tables(md, followers, sources, tag_defs, memberships, runs, changes, drops, expirations, p)
