@@ -160,33 +160,36 @@ _rule("TD304", "condition-not-boolean", E, "A rule, audience or `where` conditio
 # -- TD4xx: tag names ------------------------------------------------------------
 _rule("TD401", "duplicate-tag", E, "Two tags have the same name (after NFKC normalisation and trimming).",
       "WeChat rejects duplicate tag names (45157); near-identical names confuse operators.",
-      'tag "沉睡唤醒" when …\ntag "沉睡唤醒 " when …', 'tag "沉睡唤醒" when …')
+      'tag "沉睡唤醒" when days_since(last_active_at) >= 90\ntag "沉睡唤醒 " when days_since(last_active_at) >= 60',
+      'tag "沉睡唤醒" when days_since(last_active_at) >= 90\ntag "沉睡预警" when days_since(last_active_at) >= 60')
 _rule("TD402", "empty-tag-name", E, "A tag or group name is empty.",
-      "WeChat cannot create a tag without a name.", 'tag "" when true', 'tag "新客" when true')
+      "WeChat cannot create a tag without a name.", 'tag "" when count(orders) == 0',
+      'tag "新客" when count(orders) == 0')
 _rule("TD403", "tag-name-whitespace", E, "A tag name starts or ends with whitespace.",
       "Operators cannot see the space; it produces look-alike duplicates.",
-      'tag " 新客" when true', 'tag "新客" when true')
+      'tag " 新客" when count(orders) == 0', 'tag "新客" when count(orders) == 0')
 _rule("TD404", "tag-name-invisible", E, "A tag name contains a control or invisible character (e.g. U+200B, U+202E).",
       "Invisible and bidirectional characters make names look like other names.",
-      'tag "新\\u200b客" when true', 'tag "新客" when true')
+      'tag "新\\u200b客" when count(orders) == 0', 'tag "新客" when count(orders) == 0')
 _rule("TD405", "tag-name-too-long", E, "A tag name exceeds the platform's length limit.",
       "The official account limits tag names to 30 bytes of UTF-8 (45158): 10 Chinese characters fit, 11 do not.",
-      'tag "这是一个非常非常长的标签名" when true', 'tag "长标签" when true')
+      'tag "这是一个非常非常长的标签名" manual', 'tag "长标签名" manual')
 _rule("TD406", "reserved-tag-name", E, "A tag name is reserved by the platform.",
-      "星标组 is the official account's built-in tag (id 2).", 'tag "星标组" when true', 'tag "星标用户" when true')
+      "星标组 is the official account's built-in tag (id 2).", 'tag "星标组" manual', 'tag "星标用户" manual')
 _rule("TD407", "tag-name-long", W, "A tag name is longer than the recommended length.",
       "Operators' playbook: names of at most 8 Chinese characters read well in the back office.",
-      'tag "最近三十天内活跃的高价值客户" when true', 'tag "30天高价值活跃" when true')
+      'tag "最近三十天活跃高价值" manual', 'tag "30天高价值活跃" manual')
 _rule("TD408", "hierarchy-too-deep", W, "The tag hierarchy (group plus '-' separated segments) is deeper than max_depth.",
       "Hierarchies beyond two or three levels are hard to maintain.",
-      'group "渠道" { tag "渠道-线下-华南-广州" when … }', 'group "渠道" { tag "线下-广州" when … }')
+      'group "渠道" { tag "线下-华南-广州" when city == "广州" }', 'group "渠道" { tag "线下-广州" when city == "广州" }')
 
 # -- TD5xx: platform limits ----------------------------------------------------------
 _rule("TD501", "too-many-tags", E, "The ruleset defines more distinct tags than the platform allows.",
       "An official account holds at most 100 tags (45056); WeCom 3000 corp tags.",
       "101 tag statements", "at most 100 tags")
 _rule("TD502", "too-many-tags-per-follower", W, "One follower could hold more tags at once than the platform allows.",
-      "An official-account follower holds at most 20 tags (45059); extra tags are dropped by priority.",
+      "An official-account follower holds at most 20 tags (45059); the bound counts one tag per exclusive group "
+      "plus every other tag (manual ones included); beyond it the lowest-priority tags are dropped.",
       "25 independent tags", "group related tags in exclusive groups")
 
 # -- TD6xx: logic ----------------------------------------------------------------------
@@ -203,10 +206,12 @@ _rule("TD603", "never-holds", W, "A condition can never hold.", "The tag or audi
 _rule("TD604", "always-holds", W, "A condition holds for every follower.", "The tag is on everyone; it carries no information.",
       "age >= 0 or age < 0 or age is missing", "age >= 18")
 _rule("TD605", "reference-cycle", E, "Tags reference each other in a cycle.",
-      "A cycle has no well-defined value.",
+      "A cycle has no well-defined value. In an exclusive group a tag also depends on the rules before it "
+      "(first match wins).",
       'tag "a" when tag("b")\ntag "b" when tag("a")', 'tag "a" when tag("b")\ntag "b" when age > 30')
 _rule("TD606", "unused-let", W, "A `let` is never used.", "Dead definitions mislead readers.",
-      "let x = 1", "(remove it)")
+      'let adult = age >= 18\ntag "新客" when count(orders) == 0',
+      'let adult = age >= 18\ntag "成年新客" when adult and count(orders) == 0')
 _rule("TD607", "let-cycle", E, "A `let` refers to itself, directly or through other lets.",
       "Lets are named expressions; recursion has no value.", "let a = b + 1\nlet b = a", "let a = 1")
 
@@ -214,4 +219,5 @@ _rule("TD607", "let-cycle", E, "A `let` refers to itself, directly or through ot
 _rule("TD701", "sensitive-without-review", W,
       "A tag whose name or fields look sensitive is not marked `sensitive` with a `review`.",
       "PIPL: tags about minors, health, religion, ethnicity, politics, income or ID numbers need a double review.",
-      'tag "疾病关注" when …', 'tag "疾病关注" when … { sensitive review "法务-王五 2026-05" }')
+      'tag "疾病关注" when exists(events where key == "disease")',
+      'tag "疾病关注" when exists(events where key == "disease") { sensitive review "法务-王五 2026-05" }')
