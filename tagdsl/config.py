@@ -155,6 +155,7 @@ class WecomSection(_Strict):
     secret_env: str = "WECOM_SECRET"
     api_base_url: Optional[str] = None
     userid: Optional[str] = None  # the follow user whose external contacts are tagged, when fixed
+    default_group: str = "tagdsl"  # the corp tag group of tags declared outside any group
 
 
 class Config(_Strict):

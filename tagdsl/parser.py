@@ -48,8 +48,14 @@ _FULLWIDTH = {
 
 @lru_cache(maxsize=1)
 def _lark() -> Lark:
-    return Lark(grammar_text(), parser="lalr", lexer="basic", propagate_positions=True,
-                maybe_placeholders=True, cache=False)
+    # Building the LALR tables takes about a second; Lark caches them in the
+    # temp directory, keyed by the grammar's hash, so later starts are fast.
+    try:
+        return Lark(grammar_text(), parser="lalr", lexer="basic", propagate_positions=True,
+                    maybe_placeholders=True, cache=True)
+    except OSError:  # an unwritable temp directory: build without the cache
+        return Lark(grammar_text(), parser="lalr", lexer="basic", propagate_positions=True,
+                    maybe_placeholders=True, cache=False)
 
 
 class _Collector:

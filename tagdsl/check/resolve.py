@@ -450,7 +450,7 @@ class Resolver:
             if value.tzinfo is not None:
                 value = value.astimezone(self.tz).replace(tzinfo=None)
             return I.Const(value, I.DATETIME, node.span)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an offset pushes it past year 1 or 9999
             fmt = "YYYY-MM-DD" if name == "date" else "YYYY-MM-DDTHH:MM:SS"
             self.error("TD104", f"invalid {name} `{text}`", args[0].span, f"write {name}(\"{fmt}\") with a real {'day' if name == 'date' else 'instant'}")
             return None
