@@ -95,6 +95,62 @@ def rules(code):
 # --- fmt (formatter) ---------------------------------------------------------------
 # (owned by the formatter work; command: fmt)
 
+@main.command("fmt")
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--check", is_flag=True,
+              help="Change nothing; list each file that would change (\"would reformat PATH\") and exit 1 if any.")
+@click.option("--diff", "show_diff", is_flag=True,
+              help="Change nothing; print a unified diff of the changes and exit 1 if there are any (as --check).")
+@config_option
+@handle_errors
+def fmt_command(paths, check, show_diff, config_path):
+    """Rewrite rule files in the canonical style (default: the configuration's project.rulesets).
+
+    Files are rewritten in place, only when they change. A file with syntax
+    errors is left untouched and its first error printed as
+    `file:line:col: CODE message`; the other files are still formatted.
+
+    The canonical style is described in tagdsl/format.py; formatting never
+    changes what a rule means and keeps every comment.
+
+    Exit status: 0 when every file is formatted (or already was); 1 when a
+    file has syntax errors, or, with --check or --diff, when a file would
+    change; 2 for a missing path, a bad configuration or an unreadable file.
+    """
+    from tagdsl import collect_files
+    from tagdsl.format import diff_text, format_file, write_formatted
+
+    files = collect_files(list(paths) if paths else get_config(config_path).ruleset_paths())
+    status = 0
+    for path in files:
+        result = format_file(path)
+        if result.error:
+            click.echo(f"error: {result.error}", err=True)
+            status = 2
+            continue
+        if result.diagnostic:
+            click.echo(result.diagnostic_line(), err=True)
+            status = max(status, 1)
+            continue
+        if not result.changed:
+            continue
+        if show_diff:
+            click.echo(diff_text(result), nl=False)
+        if check:
+            click.echo(f"would reformat {result.shown}")
+        if check or show_diff:
+            status = max(status, 1)
+        else:
+            try:
+                write_formatted(result)
+            except TagDSLError as exc:
+                click.echo(f"error: {exc}", err=True)
+                status = 2
+                continue
+            click.echo(f"reformatted {result.shown}", err=True)
+    sys.exit(status)
+
+
 # --- engine: init / apply / preview / explain / export / compile / demo ----------
 # (owned by the runtime work)
 

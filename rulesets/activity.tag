@@ -15,12 +15,12 @@
 # 新增活动：复制一组 let 和 tag，改日期和名字，并把它加进历史活动参与者。
 
 # -- 阈值（可调） --------------------------------------------------------------
-let activity_keep = 90d # 活动标签保留天数（与下面的 expires 保持一致）
-let activity_618_start = date("2026-06-01") # 618：6 月 1 日 0 点起……
-let activity_618_end = date("2026-06-21") # ……到 6 月 20 日 24 点（不含 6 月 21 日）
-let activity_1111_start = date("2026-11-01") # 双11：11 月 1 日 0 点起……
-let activity_1111_end = date("2026-11-12") # ……到 11 月 11 日 24 点
-let activity_skincare = ["护肤", "护肤品"] # 618-护肤品 的品类
+let activity_keep = 90d  # 活动标签保留天数（与下面的 expires 保持一致）
+let activity_618_start = date("2026-06-01")  # 618：6 月 1 日 0 点起……
+let activity_618_end = date("2026-06-21")  # ……到 6 月 20 日 24 点（不含 6 月 21 日）
+let activity_1111_start = date("2026-11-01")  # 双11：11 月 1 日 0 点起……
+let activity_1111_end = date("2026-11-12")  # ……到 11 月 11 日 24 点
+let activity_skincare = ["护肤", "护肤品"]  # 618-护肤品 的品类
 
 # -- 派生条件：活动期内的首笔订单时间（没参加则缺失） -------------------------
 let activity_618_first = first(orders.created_at where created_at >= activity_618_start and created_at < activity_618_end)
@@ -32,18 +32,22 @@ group "活动" {
     expires 90d
     priority 10
   }
+
   tag "618-护肤品" when tag("618活动")
-    and exists(orders where category in activity_skincare and created_at >= activity_618_start and created_at < activity_618_end) {
+      and exists(orders where category in activity_skincare and created_at >= activity_618_start and created_at < activity_618_end) {
     description "618期间买过护肤品（随618活动一起到期）"
     expires 90d
     priority 10
   }
+
   tag "双11活动" when activity_1111_first > now() - activity_keep {
     description "2026年双11期间下过单，保留90天"
     expires 90d
     priority 10
   }
-  tag "历史活动参与者" when activity_618_first <= now() - activity_keep or activity_1111_first <= now() - activity_keep {
+
+  tag "历史活动参与者" when activity_618_first <= now() - activity_keep
+      or activity_1111_first <= now() - activity_keep {
     description "参加过活动，活动标签已到期"
     priority 5
   }

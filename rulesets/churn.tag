@@ -9,12 +9,12 @@
 # 品类名必须与 orders.category 的取值一致，按店铺的数据修改下面的列表。
 
 # -- 阈值（可调） --------------------------------------------------------------
-let churn_margin = 7 # 复购日前后各 7 天
-let churn_tissue_cycle = 30 # 纸巾：30 天一次
+let churn_margin = 7  # 复购日前后各 7 天
+let churn_tissue_cycle = 30  # 纸巾：30 天一次
 let churn_tissue_categories = ["纸巾"]
-let churn_care_cycle = 45 # 洗护（洗发水、沐浴露）：45 天一次
+let churn_care_cycle = 45  # 洗护（洗发水、沐浴露）：45 天一次
 let churn_care_categories = ["洗护", "洗发水", "沐浴露"]
-let churn_filter_cycle = 180 # 净化器滤芯：180 天一换
+let churn_filter_cycle = 180  # 净化器滤芯：180 天一换
 let churn_filter_categories = ["净化器", "滤芯"]
 
 # -- 派生条件：距该品类最近一次下单的天数（从未买过则缺失，规则不成立） --------
@@ -27,10 +27,12 @@ group "预流失" {
     description "距上次买纸巾23-37天"
     priority 60
   }
+
   tag "预流失-洗护" when churn_care_days between churn_care_cycle - churn_margin and churn_care_cycle + churn_margin {
     description "距上次买洗护用品38-52天"
     priority 60
   }
+
   tag "预流失-滤芯" when churn_filter_days between churn_filter_cycle - churn_margin and churn_filter_cycle + churn_margin {
     description "距上次买净化器/滤芯173-187天"
     priority 60

@@ -14,25 +14,29 @@
 # 各条件另外写成互斥的，单独阅读每一条都成立，lint 也能证明它们不重叠。
 
 # -- 阈值（可调） --------------------------------------------------------------
-let lifecycle_silent_window = 7d # 沉默：连续 7 天无互动……
-let lifecycle_no_order_window = 30d # ……且 30 天未消费
-let lifecycle_intent_window = 7d # 意向客：近 7 天内……
-let lifecycle_intent_min = 2 # ……浏览/咨询至少 2 次
+let lifecycle_silent_window = 7d  # 沉默：连续 7 天无互动……
+let lifecycle_no_order_window = 30d  # ……且 30 天未消费
+let lifecycle_intent_window = 7d  # 意向客：近 7 天内……
+let lifecycle_intent_min = 2  # ……浏览/咨询至少 2 次
 let lifecycle_intent_types = ["menu_view", "menu_click", "text", "scan"]
-let lifecycle_vip_window = 365d # 高价值：近一年……
-let lifecycle_vip_orders = 3 # ……复购至少 3 单……
-let lifecycle_vip_avg_amount = 300 # ……且平均客单价至少 300 元
-let lifecycle_active_window = 7d # 高活跃：7 天内……
-let lifecycle_active_min = 3 # ……互动至少 3 次
+let lifecycle_vip_window = 365d  # 高价值：近一年……
+let lifecycle_vip_orders = 3  # ……复购至少 3 单……
+let lifecycle_vip_avg_amount = 300  # ……且平均客单价至少 300 元
+let lifecycle_active_window = 7d  # 高活跃：7 天内……
+let lifecycle_active_min = 3  # ……互动至少 3 次
 
 # -- 派生条件 -----------------------------------------------------------------
 # 互动：任何事件（取消关注除外）、最近活跃时间或关注本身。
 let lifecycle_recent_interaction = exists(events where type != "unsubscribe" within lifecycle_silent_window)
-  or last_active_at > now() - lifecycle_silent_window
-  or subscribe_time > now() - lifecycle_silent_window
-let lifecycle_silent = not lifecycle_recent_interaction and not exists(orders within lifecycle_no_order_window)
+    or last_active_at > now() - lifecycle_silent_window
+    or subscribe_time > now() - lifecycle_silent_window
+
+let lifecycle_silent = not lifecycle_recent_interaction
+    and not exists(orders within lifecycle_no_order_window)
+
 let lifecycle_vip = count(orders within lifecycle_vip_window) >= lifecycle_vip_orders
-  and avg(orders.amount within lifecycle_vip_window) >= lifecycle_vip_avg_amount
+    and avg(orders.amount within lifecycle_vip_window) >= lifecycle_vip_avg_amount
+
 let lifecycle_intent = count(events where type in lifecycle_intent_types within lifecycle_intent_window) >= lifecycle_intent_min
 
 group "生命周期" exclusive {
@@ -40,18 +44,22 @@ group "生命周期" exclusive {
     description "连续7天无互动且30天未消费；再次活跃后自动取消"
     priority 90
   }
+
   tag "高价值" when not lifecycle_silent and lifecycle_vip {
     description "近一年复购≥3单且平均客单价≥300元"
     priority 90
   }
+
   tag "老客" when not lifecycle_silent and not lifecycle_vip and count(orders) >= 1 {
     description "下过单（首次下单后新客自动变为老客）"
     priority 90
   }
+
   tag "意向客" when not lifecycle_silent and count(orders) == 0 and lifecycle_intent {
     description "未下单，近7天浏览/咨询≥2次"
     priority 90
   }
+
   tag "新客" when not lifecycle_silent and count(orders) == 0 and not lifecycle_intent {
     description "未下单、无明显意向的新关注用户"
     priority 90

@@ -8,10 +8,10 @@
 #   订单占比 = 促销订单数 / 订单数，金额占比 = 促销订单金额 / 订单金额。
 
 # -- 阈值（可调） --------------------------------------------------------------
-let promo_window = 365d # 统计近一年的订单
-let promo_min_orders = 3 # 至少 3 单才判断
-let promo_high_share = 0.6 # 订单占比和金额占比都 ≥ 60%：促销敏感
-let promo_low_share = 0.2 # 订单占比和金额占比都 ≤ 20%：促销不敏感
+let promo_window = 365d  # 统计近一年的订单
+let promo_min_orders = 3  # 至少 3 单才判断
+let promo_high_share = 0.6  # 订单占比和金额占比都 ≥ 60%：促销敏感
+let promo_low_share = 0.2  # 订单占比和金额占比都 ≤ 20%：促销不敏感
 
 # -- 派生条件 -----------------------------------------------------------------
 let promo_orders = count(orders within promo_window)
@@ -20,14 +20,15 @@ let promo_amount_share = sum(orders.amount where promo within promo_window) / su
 
 group "促销敏感度" exclusive {
   tag "促销敏感" when promo_orders >= promo_min_orders
-    and promo_order_share >= promo_high_share
-    and promo_amount_share >= promo_high_share {
+      and promo_order_share >= promo_high_share
+      and promo_amount_share >= promo_high_share {
     description "近一年≥3单，促销订单与金额占比都≥60%"
     priority 50
   }
+
   tag "促销不敏感" when promo_orders >= promo_min_orders
-    and promo_order_share <= promo_low_share
-    and promo_amount_share <= promo_low_share {
+      and promo_order_share <= promo_low_share
+      and promo_amount_share <= promo_low_share {
     description "近一年≥3单，促销订单与金额占比都≤20%"
     priority 50
   }

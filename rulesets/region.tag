@@ -10,33 +10,36 @@ let region_beijing = ["北京", "北京市"]
 let region_shanghai = ["上海", "上海市"]
 let region_guangzhou = ["广州", "广州市"]
 let region_shenzhen = ["深圳", "深圳市"]
-let region_new_tier1 = ["成都", "成都市", "重庆", "重庆市", "杭州", "杭州市", "武汉", "武汉市", "西安", "西安市",
-  "苏州", "苏州市", "天津", "天津市", "南京", "南京市", "长沙", "长沙市", "郑州", "郑州市", "东莞", "东莞市",
-  "青岛", "青岛市", "合肥", "合肥市", "佛山", "佛山市", "宁波", "宁波市"]
+let region_new_tier1 = ["成都", "成都市", "重庆", "重庆市", "杭州", "杭州市", "武汉", "武汉市", "西安", "西安市", "苏州", "苏州市", "天津", "天津市", "南京", "南京市", "长沙", "长沙市", "郑州", "郑州市", "东莞", "东莞市", "青岛", "青岛市", "合肥", "合肥市", "佛山", "佛山市", "宁波", "宁波市"]
 
 group "地域" exclusive {
   tag "地域-北京" when city in region_beijing {
     priority 20
   }
+
   tag "地域-上海" when city in region_shanghai {
     priority 20
   }
+
   tag "地域-广州" when city in region_guangzhou {
     priority 20
   }
+
   tag "地域-深圳" when city in region_shenzhen {
     priority 20
   }
+
   tag "地域-新一线" when city in region_new_tier1 {
     description "成都、重庆、杭州、武汉、西安等15个新一线城市"
     priority 20
   }
+
   tag "地域-其他" when city not in region_beijing
-    and city not in region_shanghai
-    and city not in region_guangzhou
-    and city not in region_shenzhen
-    and city not in region_new_tier1
-    and city != "" {
+      and city not in region_shanghai
+      and city not in region_guangzhou
+      and city not in region_shenzhen
+      and city not in region_new_tier1
+      and city != "" {
     description "城市已知，但不在上面的列表里"
     priority 20
   }

@@ -46,7 +46,7 @@ python -m pytest -q "$@" || status=$?
 
 # The shipped rulesets, checked the way a user's CI checks theirs.
 if [ $# -eq 0 ]; then
-  for step in "tagdsl lint --strict rulesets"; do
+  for step in "tagdsl lint --strict rulesets" "tagdsl fmt --check rulesets" "tagdsl test rulesets"; do
     echo "+ $step"
     $step || status=1
   done

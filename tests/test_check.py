@@ -351,6 +351,6 @@ group "生命周期" exclusive {
 tag "沉睡唤醒" when days_since(last_active_at) >= 90 { priority 10 }
 tag "高价值" when 高消费 and not tag("沉睡唤醒")
 tag "VIP" manual
-audience "唤醒高价值" = tag("沉睡唤醒") and tag("高价值")
+audience "唤醒高价值" = tag("沉睡唤醒") and 高消费
 '''
     assert diagnostics(text) == []

@@ -617,11 +617,16 @@ def run(ctx) -> None:
     ctx.resolved_lets = resolved_lets
 
     tags: dict[str, I.TagRule] = {}
+    first_groups = {}
+    for g in groups:
+        first_groups.setdefault(g.name, g)
     for stmt, group in tag_stmts:
         if group is not None and group.exclusive and stmt.manual:
             resolver.error("TD210", f"manual tag `{stmt.name}` cannot be in exclusive group `{group.name}`",
                            stmt.span, "the engine decides exclusive groups; move the manual tag out of the group")
             continue
+        if group is not None and first_groups[group.name] is not group:
+            group = None  # a second group of that name is reported (TD206) and ignored; its tags stand alone
         attrs = resolver.attributes(stmt.attributes, TAG_ATTRIBUTES, manual=stmt.manual)
         condition = None
         if not stmt.manual:

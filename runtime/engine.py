@@ -1,0 +1,662 @@
+"""The engine: apply a ruleset to the follower store, preview audiences,
+explain one follower, export memberships.
+
+``apply`` is set-based: the database computes the desired memberships into a
+scratch table (``INSERT … SELECT`` from the SQL compiler), expiry and the
+per-follower limit are applied there with joins and a window function, and
+only the difference against the stored rule-sourced memberships is written,
+in one transaction under the store's apply lock, together with the run row,
+the change rows (audit log) and the limit drops. No follower passes through
+Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import sqlalchemy as sa
+from sqlalchemy import (
+    BigInteger, Column, DateTime, Integer, MetaData, String, Table, and_, case, delete, exists, func, insert,
+    literal, or_, select, update,
+)
+
+from tagdsl import Analysis, TagDSLError, analyze, load_ruleset
+from tagdsl import ir as I
+from tagdsl.config import Config
+from tagdsl.diagnostics import Diagnostic, RulesetError
+from tagdsl.schema import ID_LENGTH, MYSQL_TABLE_ARGS, TAG_LENGTH, Tables, build_tables
+
+from . import store
+from .results import ApplyResult, BreakdownRow, Drop, FollowerExplanation, PreviewResult, TagCount
+
+Progress = Callable[[str, int, int], None]
+RulesetLike = Union[I.Ruleset, str, Path, Sequence[Union[str, Path]], None]
+
+EXPR_FILE = "<expr>"  # where diagnostics in a preview expression point
+
+
+class AsOfError(TagDSLError):
+    exit_code = 2
+
+
+# -- the as-of instant ------------------------------------------------------------------------
+
+def resolve_as_of(value: Union[None, str, dt.date, dt.datetime], tz) -> dt.datetime:
+    """The as-of instant as the compilers take it: a naive wall-clock time in
+    the project time zone. ``None`` is now (whole seconds); a naive datetime is
+    already in the project zone; an aware one is converted; a date is its
+    midnight; a string is ISO-8601 (date or datetime, with or without offset)."""
+    if value is None:
+        return dt.datetime.now(tz).replace(tzinfo=None, microsecond=0)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+                value = dt.date.fromisoformat(text)
+            elif re.fullmatch(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}.*", text):
+                value = dt.datetime.fromisoformat(text)
+            else:
+                raise ValueError
+        except ValueError:
+            raise AsOfError(f"invalid as-of `{value}`: use ISO-8601, e.g. 2026-05-01, 2026-05-01T09:30:00 "
+                            "or 2026-05-01T09:30:00+08:00") from None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            return value.astimezone(tz).replace(tzinfo=None)
+        return value
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day)
+    raise AsOfError(f"invalid as-of {value!r}: expected a datetime, a date or an ISO-8601 string")
+
+
+# -- preview expressions -------------------------------------------------------------------------
+
+def check_expression(text: str, config: Config, base: Analysis | None = None) -> tuple[I.Ruleset, I.Expr]:
+    """Check an audience expression together with a ruleset (``base``, the
+    analysis of its files, which must be free of errors).
+
+    The expression is wrapped as ``audience "preview" = EXPR`` and checked with
+    the ruleset's files, so ``tag("X")`` and ``let`` names resolve; errors in
+    it are reported at ``<expr>:LINE:COL`` (columns of the expression itself).
+    """
+    texts = {name: source.text for name, source in base.sources.items()} if base else {}
+    taken = set(base.ruleset.audiences) if base and base.ruleset else set()
+    name = "preview"
+    while name in taken:
+        name += "'"
+    prefix = f'audience "{name}" = '
+    texts[EXPR_FILE] = prefix + text
+    analysis = analyze(config=config, texts=texts)
+    mine = [_unwrap(d, len(prefix)) for d in analysis.errors if d.span.file == EXPR_FILE]
+    if mine:
+        raise RulesetError(mine)
+    if analysis.errors:  # pragma: no cover - the files passed alone; only the expression can add errors
+        raise RulesetError(analysis.errors)
+    module = next(m for m in analysis.modules if m.path == EXPR_FILE)
+    if len(module.statements) != 1:
+        extra = module.statements[1].span
+        raise TagDSLError("the expression must be a single condition",
+                          location=f"{EXPR_FILE}:{extra.line}:{extra.column - (len(prefix) if extra.line == 1 else 0)}")
+    return analysis.ruleset, analysis.ruleset.audiences[name].condition
+
+
+def _unwrap(d: Diagnostic, shift: int) -> Diagnostic:
+    """A diagnostic in the wrapped expression, with columns of the expression as typed."""
+    s = d.span
+    column = max(1, s.column - shift) if s.line == 1 else s.column
+    end_column = max(1, s.end_column - shift) if s.end_line == 1 else s.end_column
+    span = dataclasses.replace(s, start=max(0, s.start - shift), end=max(0, s.end - shift), column=column,
+                               end_column=end_column)
+    return dataclasses.replace(d, span=span)
+
+
+# -- scratch tables ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Scratch:
+    """Per-apply temporary tables (private to the apply's connection)."""
+
+    metadata: MetaData
+    desired: Table  # the memberships the rules give, then minus expired and limit drops
+    over_limit: Table  # followers who would exceed the per-follower limit
+    dropped: Table  # limit drops
+    added: Table
+    removed: Table
+
+    @property
+    def all(self) -> list[Table]:
+        return [self.desired, self.over_limit, self.dropped, self.added, self.removed]
+
+
+def _scratch_tables(prefix: str) -> _Scratch:
+    md = MetaData()
+
+    def table(name, *cols):
+        return Table(f"{prefix}scratch_{name}", md, *cols, prefixes=["TEMPORARY"], **MYSQL_TABLE_ARGS)
+
+    def openid():
+        return Column("openid", String(ID_LENGTH), primary_key=True)
+
+    def tag():
+        return Column("tag", String(TAG_LENGTH), primary_key=True)
+
+    return _Scratch(
+        md,
+        table("desired", openid(), tag(), Column("priority", Integer, nullable=False)),
+        table("over_limit", openid(), Column("n_protected", Integer, nullable=False)),
+        table("dropped", openid(), tag(), Column("priority", Integer, nullable=False)),
+        table("added", openid(), tag()),
+        table("removed", openid(), tag(), Column("reason", String(16), nullable=False)),
+    )
+
+
+def _drop_scratch(conn: sa.Connection, scratch: _Scratch) -> None:
+    quote = conn.dialect.identifier_preparer.quote
+    for t in scratch.all:
+        name = quote(t.name)
+        if conn.dialect.name == "mysql":
+            conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {name}")  # no implicit commit
+        elif conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS pg_temp.{name}")
+        else:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{name}")
+
+
+# -- the engine ---------------------------------------------------------------------------------------
+
+class Engine:
+    """The runtime over one follower store.
+
+    ``Engine(config, url=None)``: ``url`` defaults to the configuration's
+    database (``TAGDSL_DATABASE_URL`` overrides it). The database is opened on
+    first use; a SQLite file must exist (``tagdsl init`` or
+    :func:`runtime.store.create_store` creates one).
+    """
+
+    def __init__(self, config: Config | None = None, url: str | None = None, *, lock_timeout: float = 30.0):
+        self.config = config or Config()
+        self.url = url or self.config.database_url
+        self.lock_timeout = lock_timeout
+        self.tables: Tables = build_tables(self.config)
+        self._db: Optional[sa.Engine] = None
+        self._schema_checked = False
+
+    # -- plumbing -------------------------------------------------------------------------------
+    @property
+    def db(self) -> sa.Engine:
+        if self._db is None:
+            self._db = store.connect(self.url, lock_timeout=self.lock_timeout)
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.dispose()
+            self._db = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def check_schema(self) -> None:
+        """Every configured table and column exists (StoreError naming the first that does not)."""
+        if not self._schema_checked:
+            store.check_schema(self.db, self.config)
+            self._schema_checked = True
+
+    def load_ruleset(self, ruleset: RulesetLike = None) -> I.Ruleset:
+        """A checked ruleset: ``ruleset`` itself, or loaded from paths (default:
+        the configuration's rulesets). Raises RulesetError on lint errors."""
+        if isinstance(ruleset, I.Ruleset):
+            return ruleset
+        return load_ruleset(self._paths(ruleset), self.config)
+
+    def _paths(self, ruleset) -> list[Path]:
+        if ruleset is None:
+            return self.config.ruleset_paths()
+        if isinstance(ruleset, (str, Path)):
+            return [Path(ruleset)]
+        return [Path(p) for p in ruleset]
+
+    def _compiler(self, ruleset: I.Ruleset):
+        from tagdsl.compile.sql import compile_sql
+
+        return compile_sql(ruleset, self.config, self.tables)
+
+    def _errors(self, doing: str):
+        return store.db_errors(self.url, doing)
+
+    # -- apply -------------------------------------------------------------------------------------
+    def apply(self, ruleset: RulesetLike = None, as_of=None, dry_run: bool = False,
+              progress: Progress | None = None) -> ApplyResult:
+        """Bring the stored rule-sourced memberships to what ``ruleset`` gives as of ``as_of``.
+
+        Writes only the difference, in one transaction with the run row, the
+        change rows and the limit drops; manual and imported memberships are
+        never touched. ``dry_run`` computes and reports the same result and
+        writes nothing (``run_id`` None). A ruleset with lint errors raises
+        RulesetError before the database is opened.
+        """
+        started = time.perf_counter()
+        rs = self.load_ruleset(ruleset)
+        as_of = resolve_as_of(as_of, self.config.tz)
+        self.check_schema()
+        started_at = dt.datetime.now(self.config.tz).replace(tzinfo=None)
+        steps = _Steps(progress, 7)
+        with self._errors("apply"):
+            conn = store.write_connection(self.db, self.lock_timeout) if not dry_run else self.db.connect()
+        try:
+            with self._errors("apply"):
+                if dry_run:
+                    # Engine tables may be missing on a store never applied to:
+                    # create them inside the transaction that is rolled back
+                    # (SQLite and PostgreSQL roll DDL back).
+                    if store.missing_engine_tables(conn, self.tables):
+                        self.tables.metadata.create_all(conn, tables=self.tables.engine_tables, checkfirst=True)
+                    result = self._apply(conn, rs, as_of, None, steps)
+                    conn.rollback()
+                else:
+                    with store.apply_lock(conn, self.tables.prefix, self.lock_timeout):
+                        # Under the lock, so two first applies do not both create them.
+                        store.ensure_engine_tables(conn, self.tables)
+                        run_id = self._insert_run(conn, rs, as_of, started_at)
+                        result = self._apply(conn, rs, as_of, run_id, steps)
+                        conn.commit()
+        except store.LockTimeout:
+            conn.close()
+            raise
+        except BaseException:
+            if conn.in_transaction():
+                conn.rollback()
+            conn.close()
+            if not dry_run:
+                self._record_failed_run(rs, as_of, started_at)
+            raise
+        conn.close()
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _insert_run(self, conn, rs: I.Ruleset, as_of, started_at) -> int:
+        runs = self.tables.runs
+        res = conn.execute(insert(runs).values(started_at=started_at, as_of=as_of, ruleset_hash=rs.source_hash or "",
+                                               status="running"))
+        return int(res.inserted_primary_key[0])
+
+    def _record_failed_run(self, rs, as_of, started_at) -> None:
+        """Leave a trace of a failed run (its own transaction; the run's work was rolled back)."""
+        try:
+            with self.db.begin() as conn:
+                conn.execute(insert(self.tables.runs).values(
+                    started_at=started_at, finished_at=dt.datetime.now(self.config.tz).replace(tzinfo=None),
+                    as_of=as_of, ruleset_hash=rs.source_hash or "", status="failed"))
+        except Exception:  # the store itself is unusable; the original error says why
+            pass
+
+    def _upsert_definitions(self, conn, rs: I.Ruleset) -> None:
+        t = self.tables.tag_defs
+        rows = [dict(name=r.name, kind="manual" if r.manual else "computed", group_name=r.group,
+                     exclusive=r.exclusive, priority=r.priority, expires_seconds=r.expires,
+                     description=r.description, owner=r.owner, sensitive=r.sensitive, review=r.review,
+                     ruleset_hash=rs.source_hash or "") for r in rs.tags.values()]
+        if not rows:
+            return
+        existing = set(conn.execute(select(t.c.name).where(t.c.name.in_([r["name"] for r in rows]))).scalars())
+        new = [r for r in rows if r["name"] not in existing]
+        old = [{f"v_{k}": v for k, v in r.items()} for r in rows if r["name"] in existing]
+        if new:
+            conn.execute(insert(t), new)
+        if old:
+            conn.execute(update(t).where(t.c.name == sa.bindparam("v_name")).values(
+                {c: sa.bindparam(f"v_{c}") for c in rows[0] if c != "name"}), old)
+
+    def _apply(self, conn, rs: I.Ruleset, as_of: dt.datetime, run_id: Optional[int],
+               steps: "_Steps") -> ApplyResult:
+        T = self.tables
+        m = T.memberships
+        dialect = conn.dialect.name
+        scope = [r.name for r in rs.computed]
+        scratch = _scratch_tables(T.prefix)
+        _drop_scratch(conn, scratch)  # left over on a pooled connection
+        for t in scratch.all:
+            t.create(conn)
+        d = scratch.desired
+        same = lambda a, b: and_(a.c.openid == b.c.openid, a.c.tag == b.c.tag)  # noqa: E731
+
+        def analyze(table):
+            # PostgreSQL keeps no statistics on temporary tables by itself;
+            # without them it plans the joins below for a tiny table.
+            if dialect == "postgresql":
+                conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.quote(table.name)}")
+
+        if run_id is not None:
+            self._upsert_definitions(conn, rs)
+        steps("definitions")
+
+        # 1. What the rules give, computed by the database.
+        if scope:
+            conn.execute(insert(d).from_select(["openid", "tag", "priority"],
+                                               self._compiler(rs).desired_memberships(as_of)))
+        analyze(d)
+        steps("rules")
+
+        # 2. Expiry: a rule membership older than its tag's `expires` is
+        # removed; while the condition keeps holding, an expirations row blocks
+        # reassignment. The block is lifted on a run where the condition does
+        # not hold (or the tag no longer expires).
+        expiring = {r.name: as_of - dt.timedelta(seconds=r.expires) for r in rs.computed if r.expires}
+        aged = (or_(*(and_(m.c.tag == name, m.c.assigned_at <= cutoff) for name, cutoff in expiring.items()))
+                if expiring else None)
+        e = T.expirations
+        if scope:
+            lift = ~exists().where(same(d, e)) if expiring else sa.true()
+            if expiring and len(expiring) < len(scope):
+                lift = or_(e.c.tag.notin_(list(expiring)), lift)
+            conn.execute(delete(e).where(e.c.tag.in_(scope), lift))
+        if expiring:
+            conn.execute(insert(e).from_select(
+                ["openid", "tag", "assigned_at", "expired_at"],
+                select(m.c.openid, m.c.tag, m.c.assigned_at, literal(as_of, DateTime()))
+                .where(m.c.source == "rule", aged, exists().where(same(d, m)))))
+            conn.execute(delete(d).where(exists().where(same(e, d))))
+        steps("expiry")
+
+        # 3. The per-follower limit: tags from any other source are kept and
+        # count; among the computed tags a follower does not hold otherwise,
+        # the lowest priority goes first, ties: the later name in code-point order.
+        limit = self.config.limits_resolved.max_tags_per_follower
+        if limit is not None and scope:
+            protected = (select(m.c.openid, func.count(sa.distinct(m.c.tag)).label("n"))
+                         .where(m.c.source != "rule").group_by(m.c.openid).subquery("protected"))
+            n_protected = func.coalesce(protected.c.n, 0)
+            over = scratch.over_limit
+            conn.execute(insert(over).from_select(
+                ["openid", "n_protected"],
+                select(d.c.openid, n_protected)
+                .select_from(d.outerjoin(protected, protected.c.openid == d.c.openid))
+                .group_by(d.c.openid, protected.c.n)
+                .having(func.count() + n_protected > limit)))
+            name_order = d.c.tag.collate("C") if dialect == "postgresql" else d.c.tag
+            rank = func.row_number().over(partition_by=d.c.openid, order_by=(d.c.priority.desc(), name_order))
+            ranked = (select(d.c.openid, d.c.tag, d.c.priority, rank.label("rn"), over.c.n_protected)
+                      .select_from(d.join(over, over.c.openid == d.c.openid))
+                      .where(~exists().where(same(m, d), m.c.source != "rule"))
+                      .subquery("ranked"))
+            conn.execute(insert(scratch.dropped).from_select(
+                ["openid", "tag", "priority"],
+                select(ranked.c.openid, ranked.c.tag, ranked.c.priority)
+                .where(ranked.c.rn + ranked.c.n_protected > limit)))
+            conn.execute(delete(d).where(exists().where(same(scratch.dropped, d))))
+        analyze(scratch.dropped)
+        steps("limit")
+
+        # 4. The difference with what is stored.
+        added, removed, dropped = scratch.added, scratch.removed, scratch.dropped
+        conn.execute(insert(added).from_select(
+            ["openid", "tag"],
+            select(d.c.openid, d.c.tag).where(~exists().where(same(m, d), m.c.source == "rule"))))
+        whens = [(aged, "expired")] if aged is not None else []
+        whens.append((dropped.c.openid.is_not(None), "limit"))
+        if scope:
+            conn.execute(insert(removed).from_select(
+                ["openid", "tag", "reason"],
+                select(m.c.openid, m.c.tag, case(*whens, else_="rule"))
+                .select_from(m.outerjoin(dropped, same(dropped, m)))
+                .where(m.c.source == "rule", m.c.tag.in_(scope), ~exists().where(same(d, m)))))
+        steps("diff")
+
+        # 5. Write only the difference.
+        if run_id is not None:
+            rid = literal(run_id, BigInteger())
+            conn.execute(insert(m).from_select(
+                ["openid", "tag", "source", "assigned_at", "run_id"],
+                select(added.c.openid, added.c.tag, literal("rule"), literal(as_of, DateTime()), rid)))
+            conn.execute(delete(m).where(m.c.source == "rule", exists().where(same(removed, m))))
+            ch = T.changes
+            conn.execute(insert(ch).from_select(
+                ["run_id", "openid", "tag", "action", "reason"],
+                select(rid, added.c.openid, added.c.tag, literal("added"), literal("rule"))))
+            conn.execute(insert(ch).from_select(
+                ["run_id", "openid", "tag", "action", "reason"],
+                select(rid, removed.c.openid, removed.c.tag, literal("removed"), removed.c.reason)))
+            conn.execute(insert(T.drops).from_select(
+                ["run_id", "openid", "tag", "priority"],
+                select(rid, dropped.c.openid, dropped.c.tag, dropped.c.priority)))
+        steps("write")
+
+        # 6. The report.
+        counts = {name: TagCount() for name in scope}
+        for tag, n in conn.execute(select(d.c.tag, func.count()).group_by(d.c.tag)):
+            counts[tag].total = n
+        for tag, n in conn.execute(select(added.c.tag, func.count()).group_by(added.c.tag)):
+            counts[tag].added = n
+        expired = 0
+        for tag, reason, n in conn.execute(select(removed.c.tag, removed.c.reason, func.count())
+                                           .group_by(removed.c.tag, removed.c.reason)):
+            counts[tag].removed += n
+            expired += n if reason == "expired" else 0
+        drops = [Drop(o, t, int(p)) for o, t, p in conn.execute(
+            select(dropped.c.openid, dropped.c.tag, dropped.c.priority)
+            .order_by(dropped.c.openid, dropped.c.priority.desc(), dropped.c.tag))]
+        followers = conn.execute(select(func.count()).select_from(T.followers)).scalar_one()
+        result = ApplyResult(run_id, as_of, self.config.tz, followers, counts, drops, 0.0, run_id is None,
+                             expired, limit)
+        if dialect == "postgresql" and result.added + result.removed > max(1000, sum(c.total for c in counts.values()) // 10):
+            analyze(m)  # a large change: the next run's joins need fresh statistics (autovacuum comes later)
+        if run_id is not None:
+            conn.execute(update(T.runs).where(T.runs.c.id == run_id).values(
+                finished_at=dt.datetime.now(self.config.tz).replace(tzinfo=None), status="ok",
+                followers=followers, added=result.added, removed=result.removed, dropped=len(drops),
+                counts={name: c.to_dict() for name, c in counts.items()}))
+        _drop_scratch(conn, scratch)
+        steps("report")
+        return result
+
+    # -- preview -----------------------------------------------------------------------------------
+    def audience(self, expr_or_audience, ruleset: RulesetLike = None) -> tuple[str, I.Ruleset, I.Expr]:
+        """(label, ruleset, condition) of an audience: an ``ir.Audience``, an IR
+        expression, the name of an audience of the ruleset, or the text of an
+        expression (checked with the ruleset; errors at ``<expr>:line:col``)."""
+        if isinstance(expr_or_audience, I.Audience):
+            return expr_or_audience.name, self.load_ruleset(ruleset), expr_or_audience.condition
+        if not isinstance(expr_or_audience, str):
+            return "<expr>", self.load_ruleset(ruleset), expr_or_audience
+        text = expr_or_audience
+        if isinstance(ruleset, I.Ruleset):
+            if text in ruleset.audiences:
+                return text, ruleset, ruleset.audiences[text].condition
+            paths = ruleset.files
+        elif ruleset is None:  # the configured rulesets, if there are any
+            paths = [p for p in self._paths(None) if p.exists()]
+        else:
+            paths = self._paths(ruleset)
+        base = analyze(paths, self.config) if paths else None
+        if base is not None and base.errors:
+            raise RulesetError(base.diagnostics)
+        if base is not None and text in base.ruleset.audiences:
+            return text, base.ruleset, base.ruleset.audiences[text].condition
+        rs, condition = check_expression(text, self.config, base)
+        return text, rs, condition
+
+    def named_audience(self, name: str, ruleset: RulesetLike = None) -> tuple[I.Ruleset, I.Audience]:
+        rs = self.load_ruleset(ruleset)
+        if name not in rs.audiences:
+            known = ", ".join(rs.audiences) or "none defined"
+            raise TagDSLError(f"unknown audience `{name}` (audiences: {known})")
+        return rs, rs.audiences[name]
+
+    def preview(self, expr_or_audience, as_of=None, sample: int = 0, by: str | None = None, *,
+                ruleset: RulesetLike = None) -> PreviewResult:
+        """How many followers an audience holds as of ``as_of``, of how many;
+        optionally ``sample`` openids (the first by openid) and a breakdown by
+        the follower field ``by``. Computed tags referenced by the audience are
+        evaluated live from their rules. One aggregate query for the counts."""
+        label, rs, condition = self.audience(expr_or_audience, ruleset)
+        as_of = resolve_as_of(as_of, self.config.tz)
+        by_column = self._follower_field(by) if by else None
+        if sample < 0:
+            raise TagDSLError("--sample must be 0 or more")
+        self.check_schema()
+        self._require_memberships_for(rs, condition)
+        compiler = self._compiler(rs)
+        with self._errors("preview"), self.db.connect() as conn:
+            rows = conn.execute(compiler.count_select(condition, as_of, by=by)).all()
+            openids: list[str] = []
+            if sample:
+                sub = compiler.audience_select(condition, as_of).subquery("audience")
+                key = sub.c.openid.collate("C") if conn.dialect.name == "postgresql" else sub.c.openid
+                openids = list(conn.execute(select(sub.c.openid).order_by(key).limit(sample)).scalars())
+        total = sum(int(r[0] or 0) for r in rows)
+        count = sum(int(r[1] or 0) for r in rows)
+        breakdown = None
+        if by:
+            from tagdsl.compile.python import normalize_value
+
+            spec = self.config.followers.fields.get(by)
+            kind = I.TYPES[spec.type.value] if spec else I.STRING
+            def shown(value):
+                try:
+                    return normalize_value(value, kind, self.config.tz)
+                except ValueError:  # an unreadable stored value is shown as stored
+                    return value
+
+            breakdown = [BreakdownRow(shown(r[2]), int(r[1] or 0), int(r[0] or 0)) for r in rows]
+            breakdown.sort(key=lambda b: (-b.count, -b.total, b.value is None, str(b.value)))
+        return PreviewResult(label, as_of, self.config.tz, count, total, openids, breakdown, by)
+
+    def _follower_field(self, name: str) -> str:
+        f = self.config.followers
+        if name == f.id:
+            return f.id
+        if name not in f.fields:
+            raise TagDSLError(f"unknown follower field `{name}` (fields: {', '.join(f.fields)})")
+        return f.fields[name].column or name
+
+    def _require_memberships_for(self, rs: I.Ruleset, condition) -> None:
+        """Stored tags are read only for manual tags; say how to get the table if it is missing."""
+        manual = {n for n in I.tag_refs(condition) if n in rs.tags and rs.tags[n].manual}
+        for name in list(I.tag_refs(condition)):
+            rule = rs.tags.get(name)
+            if rule is not None and rule.condition is not None:
+                manual |= {n for n in I.tag_refs(rs.effective_condition(name)) if rs.tags[n].manual}
+        if manual and store.missing_engine_tables(self.db, self.tables):
+            raise store.StoreError(f"table `{self.tables.memberships.name}` not found in "
+                                   f"{store.redact_url(self.url)}: run `tagdsl apply` once to create the engine tables")
+
+    # -- explain -----------------------------------------------------------------------------------
+    def load_follower(self, openid: str):
+        """The follower, its rows and its stored tags, as the in-memory evaluator takes them."""
+        self.check_schema()
+        with self.db.connect() as conn:
+            return store.load_follower(conn, self.config, openid)
+
+    def explain(self, openid: str, ruleset: RulesetLike = None, as_of=None) -> FollowerExplanation:
+        """Why ``openid`` has (or lacks) each computed tag as of ``as_of``: every
+        rule with its sub-expression values and the exclusive-group decisions
+        (the in-memory evaluator's explanation), then what apply adds: tags
+        held back by ``expires`` and the per-follower limit decision."""
+        from tagdsl.compile.python import compile_python
+
+        sources = None
+        if isinstance(ruleset, I.Ruleset):
+            rs = ruleset
+        else:
+            analysis = analyze(self._paths(ruleset), self.config)
+            if analysis.errors:
+                raise RulesetError(analysis.diagnostics)
+            rs, sources = analysis.ruleset, analysis.sources
+        as_of = resolve_as_of(as_of, self.config.tz)
+        follower = self.load_follower(openid)
+        explanation = compile_python(rs, self.config, sources=sources).explain(follower, as_of)
+        stored: dict[str, list[str]] = {}
+        blocked: dict[str, dt.datetime] = {}
+        if not store.missing_engine_tables(self.db, self.tables):
+            m, e = self.tables.memberships, self.tables.expirations
+            with self._errors("explain"), self.db.connect() as conn:
+                for tag, source in conn.execute(select(m.c.tag, m.c.source).where(m.c.openid == openid)
+                                                .order_by(m.c.tag, m.c.source)):
+                    stored.setdefault(tag, []).append(source)
+                for tag, when in conn.execute(select(e.c.tag, e.c.expired_at).where(e.c.openid == openid)):
+                    if tag in explanation.holding and rs.tags.get(tag) and rs.tags[tag].expires:
+                        blocked[tag] = when
+        limit = self.config.limits_resolved.max_tags_per_follower
+        candidates = {t: rs.tags[t].priority for t in explanation.holding if t not in blocked}
+        protected = {t for t, sources in stored.items() if any(src != "rule" for src in sources)}
+        dropped = [Drop(openid, t, p) for t, p in limit_drops(candidates, protected, limit)]
+        return FollowerExplanation(explanation, stored, limit, blocked, dropped)
+
+    # -- export ------------------------------------------------------------------------------------
+    def export(self, tag: str | None = None, audience: str | None = None, ruleset: RulesetLike = None,
+               as_of=None) -> Iterator[dict]:
+        """Stored memberships as ``{"openid", "tag", "source"}`` rows (all, or
+        those of ``tag``), or with ``audience`` the audience's openids as
+        ``{"openid"}`` rows; ordered by openid. Streams from the database."""
+        if tag is not None and audience is not None:
+            raise TagDSLError("export either a tag or an audience, not both")
+        if audience is not None:
+            rs, aud = self.named_audience(audience, ruleset)
+            as_of = resolve_as_of(as_of, self.config.tz)
+            self.check_schema()
+            self._require_memberships_for(rs, aud.condition)
+            sub = self._compiler(rs).audience_select(aud.condition, as_of).subquery("audience")
+            return self._stream(lambda dialect: select(sub.c.openid).order_by(_code_points(sub.c.openid, dialect)))
+        m = self.tables.memberships
+        if store.missing_engine_tables(self.db, self.tables):
+            raise store.StoreError(f"table `{m.name}` not found in {store.redact_url(self.url)}: "
+                                   "run `tagdsl apply` first")
+        if tag is not None:
+            with self._errors("export"), self.db.connect() as conn:
+                known = conn.execute(select(m.c.tag).where(m.c.tag == tag).limit(1)).first() or conn.execute(
+                    select(self.tables.tag_defs.c.name).where(self.tables.tag_defs.c.name == tag)).first()
+            if not known:
+                raise TagDSLError(f"no tag `{tag}` in the store (neither defined by an applied ruleset nor held)")
+
+        def query(dialect):
+            q = select(m.c.openid, m.c.tag, m.c.source)
+            if tag is not None:
+                q = q.where(m.c.tag == tag)
+            return q.order_by(_code_points(m.c.openid, dialect), _code_points(m.c.tag, dialect), m.c.source)
+
+        return self._stream(query)
+
+    def _stream(self, build) -> Iterator[dict]:
+        db = self.db
+
+        def rows():
+            with self._errors("export"), db.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=2000).execute(build(conn.dialect.name))
+                for row in result.mappings():
+                    yield dict(row)
+
+        return rows()
+
+
+def limit_drops(computed: dict[str, int], protected: set[str], limit: Optional[int]) -> list[tuple[str, int]]:
+    """The computed tags (name -> priority) one follower loses to the
+    per-follower limit, given the tags it holds from other sources: the lowest
+    priority first, ties: the later name in code-point order. (apply computes
+    the same in SQL, for every follower at once.)"""
+    if limit is None:
+        return []
+    extra = sorted(((t, p) for t, p in computed.items() if t not in protected), key=lambda tp: (-tp[1], tp[0]))
+    keep = max(0, limit - len(protected))
+    return extra[keep:]
+
+
+def _code_points(column, dialect: str):
+    return column.collate("C") if dialect == "postgresql" else column
+
+
+class _Steps:
+    def __init__(self, progress: Progress | None, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, name: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(name, min(self.done, self.total), self.total)
