@@ -150,10 +150,9 @@ def _sqlite_transactions(engine: sa.Engine) -> None:
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
+        # Scratch tables stay in SQLite's default temp storage (a file), so an
+        # apply's memory does not grow with the number of followers.
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA temp_store = MEMORY")
-        cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin(conn):
