@@ -34,6 +34,7 @@ class SourceFile:
     path: str
     text: str
     _line_starts: list[int] = field(default_factory=list, repr=False)
+    _positions: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         starts = [0]
@@ -43,9 +44,14 @@ class SourceFile:
         self._line_starts = starts
 
     def position(self, offset: int) -> tuple[int, int]:
-        offset = max(0, min(offset, len(self.text)))
-        line_index = bisect.bisect_right(self._line_starts, offset) - 1
-        return line_index + 1, offset - self._line_starts[line_index] + 1
+        # Memoised: a parse asks for the same offsets many times (a node
+        # starts where its first child starts).
+        found = self._positions.get(offset)
+        if found is None:
+            clamped = max(0, min(offset, len(self.text)))
+            line_index = bisect.bisect_right(self._line_starts, clamped) - 1
+            found = self._positions[offset] = (line_index + 1, clamped - self._line_starts[line_index] + 1)
+        return found
 
     def span(self, start: int, end: int | None = None) -> Span:
         if end is None or end < start:
