@@ -195,8 +195,8 @@ _rule("TD502", "too-many-tags-per-follower", W, "One follower could hold more ta
 # -- TD6xx: logic ----------------------------------------------------------------------
 _rule("TD601", "exclusive-overlap", W, "Two rules of an exclusive group can hold for the same follower.",
       "Then file order decides silently; make the conditions disjoint or order them deliberately.",
-      'group "g" exclusive { tag "a" when age >= 18  tag "b" when age >= 30 }',
-      'group "g" exclusive { tag "a" when age >= 18 and age < 30  tag "b" when age >= 30 }')
+      'group "g" exclusive { tag "a" when age >= 18  tag "b" when age < 30 }',
+      'group "g" exclusive { tag "a" when age >= 30  tag "b" when age < 30 }')
 _rule("TD602", "shadowed-rule", W, "A rule of an exclusive group can never win: earlier rules cover every case it holds in.",
       "The tag will never be assigned.",
       'group "g" exclusive { tag "a" when age >= 18  tag "b" when age >= 30 }',
