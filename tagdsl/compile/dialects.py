@@ -107,14 +107,14 @@ def _add_seconds_sqlite(el, compiler, **kw):
 @compiles(AddSeconds, "postgresql")
 def _add_seconds_pg(el, compiler, **kw):
     t, s = compiler.process(el.left, **kw), compiler.process(el.right, **kw)
-    return f"(CAST({t} AS TIMESTAMP) + {s} * INTERVAL '1 second')"
+    return f"(CAST({t} AS TIMESTAMP) + ({s}) * INTERVAL '1 second')"
 
 
 @compiles(AddSeconds, "mysql")
 @compiles(AddSeconds, "mariadb")
 def _add_seconds_mysql(el, compiler, **kw):
     t, s = compiler.process(el.left, **kw), compiler.process(el.right, **kw)
-    return f"DATE_ADD({t}, INTERVAL {s} SECOND)"
+    return f"DATE_ADD({t}, INTERVAL ({s}) SECOND)"
 
 
 class ElapsedMicros(_Pair):
@@ -182,7 +182,7 @@ def _floor_div(el, compiler, **kw):
     x, d = compiler.process(el.element, **kw), el.divisor
     div = "DIV" if _name(compiler) == "mysql" else "/"
     # Truncated quotient, minus one when the remainder is negative (% keeps the dividend's sign).
-    return f"({x} {div} {d} - CASE WHEN {x} {_modulo(compiler)} {d} < 0 THEN 1 ELSE 0 END)"
+    return f"(({x}) {div} {d} - CASE WHEN ({x}) {_modulo(compiler)} {d} < 0 THEN 1 ELSE 0 END)"
 
 
 class ToDouble(_Wrapper):
@@ -235,7 +235,7 @@ def _scaled(el, compiler, **kw):
 
 @compiles(Scaled, "sqlite")
 def _scaled_sqlite(el, compiler, **kw):
-    return f"CAST(ROUND({compiler.process(el.element, **kw)} * {10 ** el.scale}) AS INTEGER)"
+    return f"CAST(ROUND(({compiler.process(el.element, **kw)}) * {10 ** el.scale}) AS INTEGER)"
 
 
 class Rescale(_Wrapper):
@@ -257,7 +257,8 @@ def _rescale(el, compiler, **kw):
 
 @compiles(Rescale, "sqlite")
 def _rescale_sqlite(el, compiler, **kw):
-    return f"({compiler.process(el.element, **kw)} * {el.factor})"
+    # The element may be compound (`a + b`): group it before multiplying.
+    return f"(({compiler.process(el.element, **kw)}) * {el.factor})"
 
 
 class DecimalLiteral(ColumnElement):
@@ -343,7 +344,7 @@ class TrueDiv(_Pair):
 
 @compiles(TrueDiv)
 def _true_div(el, compiler, **kw):
-    return f"({compiler.process(el.left, **kw)} / {compiler.process(el.right, **kw)})"
+    return f"(({compiler.process(el.left, **kw)}) / ({compiler.process(el.right, **kw)}))"
 
 
 class StrPos(_Pair):

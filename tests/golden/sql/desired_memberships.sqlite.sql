@@ -1,5 +1,5 @@
 WITH agg_orders AS 
-(SELECT orders.openid AS fid, count(*) AS n0, sum(CASE WHEN (julianday(orders.created_at) > julianday('2024-03-03 12:00:00.000000')) THEN CAST(ROUND(orders.amount * 100) AS INTEGER) END) AS sum1 
+(SELECT orders.openid AS fid, count(*) AS n0, sum(CASE WHEN (julianday(orders.created_at) > julianday('2024-03-03 12:00:00.000000')) THEN CAST(ROUND((orders.amount) * 100) AS INTEGER) END) AS sum1 
 FROM orders 
 WHERE julianday(orders.created_at) <= julianday('2024-06-01 12:00:00.000000') GROUP BY orders.openid), 
 agg_events AS 

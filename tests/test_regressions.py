@@ -1,0 +1,43 @@
+"""Named regression tests for disagreements the differential tests found.
+
+Each runs the minimised example through the in-memory evaluator and every
+configured database (tests/test_differential.check_agreement).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+import difftest as D
+from dbs import BACKENDS, isolated_engine
+from tagdsl.schema import build_tables
+from test_differential import check_agreement
+
+
+def follower(oid, **fields):
+    base = {"city": None, "age": None, "score": None, "ratio": None, "vip": None, "signup": None,
+            "last_active_at": None, "birthday": None, "gender": None}
+    base.update(fields)
+    return (oid, base, {"orders": [], "events": [], "notes": []}, frozenset())
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path):
+    with isolated_engine(request.param, tmp_path) as (engine, _url):
+        tables = build_tables(D.DIFF_CONFIG)
+        tables.metadata.create_all(engine)
+        yield {request.param: (engine, tables)}
+
+
+def test_compound_decimal_expression_is_grouped_when_rescaled(store):
+    # Found by the differential campaign: on SQLite a decimal sum `100.00 + 142`
+    # rescaled to the column's two places rendered as `100 + 142 * 100`
+    # (101.42 instead of 242.00), so 177.39 was "between 242 and itself".
+    text = ('tag "g0-0" when score between (100.00 + 142) and score\n'
+            'tag "x" when score + 1 > 178 and score - 1 < 177 and (score * 2) == 354.78 and score + age > 229.38\n'
+            'tag "y" when (score + 1) / 2 > 89 and (age - 60) * 2 < 0\n')
+    population = [follower("o0010", age=52, score=Decimal("177.39")),
+                  follower("o0011", age=70, score=Decimal("242.00"))]
+    check_agreement(store, text, [], population)
