@@ -567,6 +567,44 @@ def sync_wecom_cmd(dry_run, prune, restart, config_path):
 
 # --- serve (event callbacks) -----------------------------------------------------------
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8080, show_default=True,
+              help="Port to listen on (0: any free port, printed at startup).")
+@config_option
+@click.option("--db", "db_url", metavar="URL",
+              help="Database URL (default: [database] url of tagdsl.toml, or TAGDSL_DATABASE_URL).")
+@click.option("--rules", "rules_paths", multiple=True, type=click.Path(),
+              help="Rule files or directories (default: [project] rulesets of tagdsl.toml).")
+@click.option("--replay-window", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Refuse requests whose timestamp is further than this many seconds from the server clock.")
+@click.option("--max-body", type=click.IntRange(min=256), default=64 * 1024, show_default=True,
+              help="Largest accepted request body, in bytes.")
+@handle_errors
+def serve(host, port, config_path, db_url, rules_paths, replay_window, max_body):
+    """Receive WeChat official-account pushes at /wechat: store each event, re-tag its follower at once.
+
+    Token and EncodingAESKey come from the variables named by [wechat_mp] token_env and aes_key_env,
+    the appid from [wechat_mp] appid. Plaintext and safe mode (encrypt_type=aes) are accepted."""
+    import logging
+
+    from runtime.server import make_server
+    from tagdsl import load_ruleset
+
+    config = get_config(config_path)
+    ruleset = load_ruleset(list(rules_paths) or config.ruleset_paths(), config)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    server = make_server(config, ruleset, db_url or config.database_url, host=host, port=port,
+                         replay_window=replay_window, max_body=max_body)
+    click.echo(f"listening on http://{host}:{server.port}/wechat", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -560,7 +560,7 @@ class Engine:
         rule with its sub-expression values and the exclusive-group decisions
         (the in-memory evaluator's explanation), then what apply adds: tags
         held back by ``expires`` and the per-follower limit decision."""
-        from tagdsl.compile.python import compile_python
+        from tagdsl.compile.python import compile_python, normalize_value
 
         sources = None
         if isinstance(ruleset, I.Ruleset):
@@ -572,7 +572,16 @@ class Engine:
             rs, sources = analysis.ruleset, analysis.sources
         as_of = resolve_as_of(as_of, self.config.tz)
         follower = self.load_follower(openid)
-        explanation = compile_python(rs, self.config, sources=sources).explain(follower, as_of)
+        evaluator = compile_python(rs, self.config, sources=sources)
+        ranks = evaluator.rank_nodes
+        if ranks:
+            # quintile()/percent_rank() rank the whole population: the database
+            # computes this follower's ranks, the trace shows them.
+            with self._errors("explain"), self.db.connect() as conn:
+                row = conn.execute(self._compiler(rs).rank_select(ranks, as_of, openid)).one()
+            values = [normalize_value(v, r.type) for v, r in zip(row, ranks)]
+            evaluator.set_ranks(as_of, {r: {openid: v} for r, v in zip(ranks, values)}, [openid])
+        explanation = evaluator.explain(follower, as_of)
         stored: dict[str, list[str]] = {}
         blocked: dict[str, dt.datetime] = {}
         if not store.missing_engine_tables(self.db, self.tables):

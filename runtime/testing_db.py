@@ -24,6 +24,7 @@ from typing import Optional
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from tagdsl import ir as I
 from tagdsl.compile.sql import compile_sql
 from tagdsl.config import Config
 from tagdsl.schema import Tables, build_tables
@@ -58,6 +59,10 @@ class DatabaseBackend(Backend):
     def open(self, ruleset, config: Config, analysis) -> None:
         self.config = config
         self.audiences = list(ruleset.audiences)
+        # quintile()/percent_rank() rank among the loaded followers: a section
+        # is then its own population, as in memory, so sections are not merged.
+        self.ranks = any(isinstance(n, I.Rank) for rule in ruleset.computed for n in I.walk(rule.condition)) or \
+            any(isinstance(n, I.Rank) for a in ruleset.audiences.values() for n in I.walk(a.condition))
         if self.kind == "sqlite":
             self._tmpdir = Path(tempfile.mkdtemp(prefix="tagdsl-test-"))
             self.engine = connect(f"sqlite:///{self._tmpdir / 'fixtures.db'}", create=True)
@@ -103,7 +108,8 @@ class DatabaseBackend(Backend):
         batches: list[tuple[object, list[int], set[str]]] = []
         for i, section in enumerate(sections):
             names = {case.name for case in section.followers}
-            batch = next((b for b in batches if b[0] == section.as_of and not (b[2] & names)), None)
+            batch = None if self.ranks else next(
+                (b for b in batches if b[0] == section.as_of and not (b[2] & names)), None)
             if batch is None:
                 batches.append((section.as_of, [i], names))
             else:

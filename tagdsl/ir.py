@@ -91,8 +91,8 @@ class Now:
 
 @dataclass(frozen=True)
 class Func:
-    """days_since hours_since coalesce contains starts_with (and ranking
-    functions added later); ``type`` is the result type."""
+    """days_since hours_since coalesce contains starts_with (ranking
+    functions are ``Rank``); ``type`` is the result type."""
 
     name: str
     args: tuple["Expr", ...]
@@ -113,6 +113,21 @@ class Aggregate:
     field: Optional[SourceField]
     where: Optional["Expr"]
     within: Optional[int]  # seconds
+    type: Type
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Rank:
+    """A ranking function over the population: ``quintile`` (integer 1-5,
+    NTILE(5) ordered by value then follower id) or ``percent_rank`` (float in
+    [0, 1], SQL's PERCENT_RANK). The population is every follower for whom
+    ``where`` holds (all when None) and ``expr`` is present; for anyone else
+    the value is missing. ``expr`` is follower level (never another Rank)."""
+
+    func: str  # quintile | percent_rank
+    expr: "Expr"
+    where: Optional["Expr"]
     type: Type
     span: Span = _span()
 
@@ -198,7 +213,7 @@ class IsMissing:
     span: Span = _span()
 
 
-Expr = Union[Const, Field, SourceField, Now, Func, Aggregate, TagRef, Not, And, Or, Compare, Arith, Neg,
+Expr = Union[Const, Field, SourceField, Now, Func, Aggregate, Rank, TagRef, Not, And, Or, Compare, Arith, Neg,
              Between, InList, IsMissing]
 
 
@@ -276,6 +291,8 @@ def children(node) -> tuple:
         return node.args
     if isinstance(node, Aggregate):
         return tuple(x for x in (node.field, node.where) if x is not None)
+    if isinstance(node, Rank):
+        return (node.expr,) if node.where is None else (node.expr, node.where)
     if isinstance(node, (Not, Neg)):
         return (node.operand,)
     if isinstance(node, (And, Or)):

@@ -909,9 +909,12 @@ class MemoryBackend(Backend):
 
         self.evaluator = compile_python(ruleset, config, sources=analysis.sources if analysis else None)
         self.audience_names = list(ruleset.audiences)
+        self.ranks = bool(self.evaluator.rank_nodes)
 
     def evaluate(self, section: Section) -> dict[str, Evaluated]:
         out = {}
+        if self.ranks:  # quintile()/percent_rank() rank among the section's followers
+            self.evaluator.prepare([follower_of(case) for case in section.followers], section.as_of)
         for case in section.followers:
             f = follower_of(case)
             tags = self.evaluator.tags(f, section.as_of)
@@ -1173,6 +1176,7 @@ def run_tests(paths: Sequence[str | Path] | None = None, config: Config | None =
         all_results = backend.evaluate_many([section for _tf, section in pairs])
         per = (clock() - t0) / max(sum(len(section.followers) for _tf, section in pairs), 1)
         for (tf, section), results in zip(pairs, all_results):
+            explainer.section = section
             for case in section.followers:
                 got = results[case.name]
                 if cov is not None:
@@ -1195,6 +1199,8 @@ class _Explainer:
         self.config = config
         self.analysis = analysis
         self._evaluator = None
+        self.section: Optional[Section] = None  # the population ranking functions rank over
+        self._prepared: Optional[Section] = None
 
     @property
     def evaluator(self):
@@ -1202,6 +1208,10 @@ class _Explainer:
             from .compile.python import compile_python
 
             self._evaluator = compile_python(self.ruleset, self.config, sources=self.analysis.sources)
+            self._ranks = bool(self._evaluator.rank_nodes)
+        if self._ranks and self.section is not None and self._prepared is not self.section:
+            self._evaluator.prepare([follower_of(c) for c in self.section.followers], self.section.as_of)
+            self._prepared = self.section
         return self._evaluator
 
     def reference(self, case: FollowerCase, as_of) -> Evaluated:

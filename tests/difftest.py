@@ -83,6 +83,7 @@ class Ctx:
     source: str | None = None  # inside an aggregate's `where`
     tags: list[str] = field(default_factory=list)  # tags that may be referenced (defined earlier)
     depth: int = 0
+    ranking: bool = True  # quintile()/percent_rank() allowed (not inside one)
 
 
 def _fields_of(ctx: Ctx, kind: str) -> list[str]:
@@ -92,7 +93,7 @@ def _fields_of(ctx: Ctx, kind: str) -> list[str]:
 
 
 def _deeper(ctx: Ctx) -> Ctx:
-    return Ctx(ctx.source, ctx.tags, ctx.depth + 1)
+    return Ctx(ctx.source, ctx.tags, ctx.depth + 1, ctx.ranking)
 
 
 def literal(kind: str):
@@ -130,6 +131,8 @@ def expr(draw, kind: str, ctx: Ctx):
                 options += ["exists"]
                 if ctx.tags:
                     options += ["tagref"]
+                if ctx.ranking:
+                    options += ["rank"]
         if kind in NUMERIC:
             options += ["arith"]
             if ctx.source is None:
@@ -182,6 +185,16 @@ def expr(draw, kind: str, ctx: Ctx):
         return f"{fn}({draw(expr('string', d))}, {draw(literal('string'))})"
     if choice == "exists":
         return draw(aggregate("exists", d))
+    if choice == "rank":
+        # Ranking over the population; its arguments read no computed tag and rank nothing.
+        inner = Ctx(None, [], ctx.depth + 1, ranking=False)
+        k = draw(st.sampled_from(["integer", "decimal", "float", "datetime", "date"]))
+        value = draw(expr(k, inner))
+        where = f" where {draw(expr('boolean', inner))}" if draw(st.booleans()) else ""
+        op = draw(st.sampled_from(["==", "!=", "<", "<=", ">", ">="]))
+        if draw(st.booleans()):
+            return f"quintile({value}{where}) {op} {draw(st.integers(1, 5))}"
+        return f"percent_rank({value}{where}) {op} {draw(st.sampled_from(['0', '0.25', '0.5', '0.6', '1']))}"
     if choice == "tagref":
         return f'tag({q(draw(st.sampled_from(ctx.tags)))})'
     if choice == "arith":

@@ -665,8 +665,6 @@ def test_audience_and_count_select(store):
 
 def test_configured_names_are_used(store):
     """Another id column, table and column names, a decimal scale of 3, a source without time."""
-    if store.kind != "sqlite":
-        pytest.skip("configuration mapping is dialect-independent; covered on SQLite")
     config = Config(**{
         "project": {"platform": "none"},
         "followers": {"table": "members", "id": "external_userid",

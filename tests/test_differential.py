@@ -106,9 +106,11 @@ def python_results(ruleset, population, audiences):
 
     ev = compile_python(ruleset, D.DIFF_CONFIG)
     pairs, counts = set(), {a: 0 for a in audiences}
-    for oid, fields, rows, manual in population:
-        f = Follower(oid, fields, rows, manual)
-        pairs |= {(oid, t) for t in ev.tags(f, D.AS_OF)}
+    followers = [Follower(oid, fields, rows, manual) for oid, fields, rows, manual in population]
+    # The population API: ranking functions rank over every follower.
+    for oid, tags in ev.tags_many(followers, D.AS_OF).items():
+        pairs |= {(oid, t) for t in tags}
+    for f in followers:
         for a in audiences:
             counts[a] += bool(ev.audience(a, f, D.AS_OF))
     return pairs, counts

@@ -26,7 +26,9 @@ FUNCTIONS = {
     "count": "count(source [where …] [within …])", "exists": "exists(source [where …] [within …])",
     "sum": "sum(source.field …)", "avg": "avg(source.field …)", "min": "min(source.field …)",
     "max": "max(source.field …)", "last": "last(source.field …)", "first": "first(source.field …)",
+    "quintile": "quintile(expr [where …])", "percent_rank": "percent_rank(expr [where …])",
 }
+RANKING = ("quintile", "percent_rank")
 TAG_ATTRIBUTES = ("description", "owner", "priority", "expires", "sensitive", "review")
 AUDIENCE_ATTRIBUTES = ("description", "owner")
 
@@ -51,6 +53,7 @@ class Resolver:
         self.config = config
         self.diagnostics = diagnostics
         self.tag_names = tag_names
+        self.manual_tags: set[str] = set()  # tag(…) of these may appear in a ranking function
         self.lets: dict[str, A.LetStmt] = {}
         self.used_lets: set[str] = set()
         self.tz = config.tz
@@ -389,6 +392,8 @@ class Resolver:
             self.error("TD203", f"unknown function `{name}`", node.func_span,
                        suggest(name, FUNCTIONS) or "see the function list in docs/language.md")
             return None
+        if name in RANKING:
+            return self.ranking(node, scope)
         if node.where is not None or node.within is not None:
             self.error("TD207", f"`where` and `within` belong to aggregates, not to {name}()", node.span)
             return None
@@ -432,6 +437,48 @@ class Resolver:
             self.error("TD301", "coalesce() does not take lists", node.span)
             return None
         return I.Func("coalesce", tuple(values), result, node.span)
+
+    def ranking(self, node: A.Call, scope):
+        """quintile(expr [where c]) / percent_rank(expr [where c]): ranks over
+        the population, so follower level, not nested, and reading no computed
+        tag (whose condition could itself rank)."""
+        name = node.func
+        if scope.source is not None:
+            self.error("TD209", f"{name}() ranks followers; it cannot be used inside an aggregate", node.span,
+                       "rank outside the aggregate, e.g. quintile(sum(orders.amount))")
+            return None
+        if node.within is not None:
+            self.error("TD207", f"`within` belongs to aggregates, not to {name}()", node.within.span,
+                       f"put it in the aggregate, e.g. {name}(count(orders within 365d))")
+            return None
+        if len(node.args) != 1:
+            self.error("TD207", f"{name}() takes 1 argument, got {len(node.args)}", node.span,
+                       f"write {FUNCTIONS[name]}")
+            return None
+        value = self.expr(node.args[0], scope)
+        if value is None:
+            return None
+        if not (value.type.numeric or value.type.temporal):
+            self.error("TD301", f"{name}() ranks numbers, dates or datetimes, not {_a(value.type)}",
+                       node.args[0].span)
+            return None
+        where = None
+        if node.where is not None:
+            where = self.condition(node.where, scope)
+            if where is None:
+                return None
+        for part in (value, where):
+            for n in I.walk(part) if part is not None else ():
+                if isinstance(n, I.Rank):
+                    self.error("TD209", f"{n.func}() cannot be used inside {name}()", n.span,
+                               "rank one value; compare the ranks outside")
+                    return None
+                if isinstance(n, I.TagRef) and n.name not in self.manual_tags:
+                    self.error("TD207", f"{name}() cannot read the computed tag `{n.name}`", n.span,
+                               "use the tag's condition (e.g. through a `let`) instead")
+                    return None
+        rtype = I.INTEGER if name == "quintile" else I.FLOAT
+        return I.Rank(name, value, where, rtype, node.span)
 
     def time_literal(self, node: A.Call):
         name, args = node.func, node.args
@@ -591,6 +638,7 @@ def run(ctx) -> None:
                 lets.append(stmt)
     tag_names = {t.name for t, _ in tag_stmts}
     resolver = Resolver(config, diagnostics, tag_names)
+    resolver.manual_tags = {t.name for t, _ in tag_stmts if t.manual}
     ctx.resolver = resolver
 
     def duplicate(kind, name, span, first_span):

@@ -464,6 +464,9 @@ def expr_text(e, in_source: bool = False) -> str:
         if e.within is not None:
             text += " within " + _duration_text(e.within)
         return f"{e.func}({text})"
+    if isinstance(e, ir.Rank):
+        where = "" if e.where is None else " where " + expr_text(e.where)
+        return f"{e.func}({expr_text(e.expr)}{where})"
     if isinstance(e, ir.TagRef):
         return f"tag({_quote(e.name)})"
     if isinstance(e, ir.Not):
@@ -489,7 +492,7 @@ def expr_text(e, in_source: bool = False) -> str:
     return repr(e)
 
 
-_EXPR_TYPES = (ir.Const, ir.Field, ir.SourceField, ir.Now, ir.Func, ir.Aggregate, ir.TagRef, ir.Not, ir.And,
+_EXPR_TYPES = (ir.Const, ir.Field, ir.SourceField, ir.Now, ir.Func, ir.Aggregate, ir.Rank, ir.TagRef, ir.Not, ir.And,
                ir.Or, ir.Compare, ir.Arith, ir.Neg, ir.Between, ir.InList, ir.IsMissing)
 
 # Nodes whose value is always True or False (never missing).
@@ -519,6 +522,13 @@ class _Compiler:
         self.raw: dict[str, Callable] = {}  # tag -> its own condition
         self.effective: dict[str, Callable] = {}  # tag -> effective condition (first match)
         self.memo_tags: set[str] = set()
+        # Ranking: the prepared population (or injected results) and, per Rank
+        # node, follower id -> rank, computed on first use.
+        self.population: Optional[list] = None
+        self.population_as_of: Optional[_dt.datetime] = None
+        self.population_ids: frozenset = frozenset()
+        self.rank_tables: dict[ir.Rank, dict] = {}
+        self.rank_parts: dict[ir.Rank, tuple] = {}
 
     def slot(self) -> int:
         self.nslots += 1
@@ -620,6 +630,50 @@ class _Compiler:
             return v
         self.aggregates[e] = aggregate
         return aggregate
+
+    def _Rank(self, e: ir.Rank):
+        if e not in self.rank_parts:
+            self.rank_parts[e] = (self.value(e.expr), None if e.where is None else self.cond(e.where))
+        table = self.rank_table
+
+        def rank(c):
+            return table(e, c[4], c[3])
+        return rank
+
+    def rank_table(self, e: ir.Rank, as_of: _dt.datetime, follower_id: str):
+        """The follower's rank under ``e`` in the prepared population."""
+        if self.population_as_of is None:
+            raise TagDSLError(f"{e.func}() needs the whole population: prepare the evaluator with every "
+                              "follower first (PythonEvaluator.prepare(followers, as_of) or tags_many)",
+                              location=_where(e.span))
+        if as_of != self.population_as_of:
+            raise TagDSLError(f"{e.func}() needs the whole population: it was prepared as of "
+                              f"{self.population_as_of.isoformat(sep=' ')}, not {as_of.isoformat(sep=' ')}",
+                              location=_where(e.span))
+        if follower_id not in self.population_ids:
+            raise TagDSLError(f"{e.func}() needs the whole population: follower {follower_id} is not in the "
+                              "population the evaluator was prepared with", location=_where(e.span))
+        table = self.rank_tables.get(e)
+        if table is None:
+            table = self.rank_tables[e] = self.compute_ranks(e)
+        return table.get(follower_id)
+
+    def compute_ranks(self, e: ir.Rank) -> dict:
+        if self.population is None:  # results were injected without the followers
+            raise TagDSLError(f"{e.func}() needs the whole population: no rank values were given for "
+                              f"{expr_text(e)}", location=_where(e.span))
+        if e not in self.rank_parts:
+            self._Rank(e)
+        value, keep = self.rank_parts[e]
+        members = []
+        for f in self.population:
+            c = self.context(f, self.population_as_of)
+            if keep is not None and not keep(c):
+                continue
+            v = value(c)
+            if v is not None:
+                members.append((v, f.id))
+        return rank_values(e.func, members)
 
     def visible_rows(self, source: str) -> Callable:
         found = self.visible.get(source)
@@ -887,6 +941,31 @@ class _Compiler:
         return f
 
 
+def rank_values(func: str, members: Sequence[tuple]) -> dict:
+    """Follower id -> rank for (value, follower id) pairs of a population, as
+    SQL computes them. quintile: NTILE(5) OVER (ORDER BY value, id): buckets
+    of sizes differing by at most one, the earlier ones larger. percent_rank:
+    (rank - 1) / (n - 1), rank = 1 + the number of strictly smaller values
+    (ties share it); 0.0 for a population of one."""
+    ordered = sorted(members)
+    n = len(ordered)
+    out = {}
+    if func == "quintile":
+        size, extra = divmod(n, 5)
+        big = extra * (size + 1)  # rows in the first `extra` buckets, one row larger each
+        for i, (_v, fid) in enumerate(ordered):
+            out[fid] = i // (size + 1) + 1 if i < big else extra + (i - big) // size + 1
+        return out
+    if func == "percent_rank":
+        rank = 1
+        for i, (v, fid) in enumerate(ordered):
+            if i and v != ordered[i - 1][0]:
+                rank = i + 1
+            out[fid] = (rank - 1) / (n - 1) if n > 1 else 0.0
+        return out
+    raise CompileError(f"unknown ranking function {func}()")
+
+
 def _row_predicate(e) -> Optional[Callable]:
     """``pred(row) -> bool`` for a ``where`` made only of source fields,
     constants and connectives (no promotion needed), else None."""
@@ -1082,9 +1161,46 @@ class PythonEvaluator:
         return out
 
     def tags_many(self, followers, as_of) -> dict[str, set[str]]:
-        """``tags`` for many followers at one as-of instant: follower id -> tags."""
+        """``tags`` for many followers at one as-of instant: follower id -> tags.
+        The followers are the population ranking functions rank over (the
+        evaluator is prepared with them when the ruleset ranks)."""
         as_of = self._as_of(as_of)
+        followers = list(followers)
+        if self.rank_nodes:
+            self.prepare(followers, as_of)
         return {f.id: self.tags(f, as_of) for f in followers}
+
+    # -- ranking: the population -----------------------------------------------------------------
+    @property
+    def rank_nodes(self) -> list[ir.Rank]:
+        """Every distinct ranking call (quintile, percent_rank) of the ruleset's
+        computed tags and audiences, in first-use order."""
+        found: dict[ir.Rank, None] = {}
+        for expr in [r.condition for r in self.ruleset.computed] + [a.condition for a in self.ruleset.audiences.values()]:
+            for n in ir.walk(expr):
+                if isinstance(n, ir.Rank):
+                    found.setdefault(n, None)
+        return list(found)
+
+    def prepare(self, followers, as_of) -> None:
+        """Set the population ranking functions rank over: every follower that
+        is evaluated afterwards (at this ``as_of``) must be one of them. Ranks
+        are computed on first use."""
+        c = self._compiler
+        c.population = list(followers)
+        c.population_as_of = self._as_of(as_of)
+        c.population_ids = frozenset(f.id for f in c.population)
+        c.rank_tables = {}
+
+    def set_ranks(self, as_of, ranks: Mapping[ir.Rank, Mapping[str, object]], follower_ids) -> None:
+        """Use ranks computed elsewhere (e.g. by the database for explain):
+        ``ranks``: Rank node -> follower id -> value (None = outside the
+        population); ``follower_ids``: the followers that may be evaluated."""
+        c = self._compiler
+        c.population = None
+        c.population_as_of = self._as_of(as_of)
+        c.population_ids = frozenset(follower_ids)
+        c.rank_tables = {node: dict(values) for node, values in ranks.items()}
 
     def holds(self, name: str, follower: Follower, as_of) -> bool:
         """Whether ``name``'s effective condition holds (first match in an
@@ -1256,7 +1372,7 @@ def _display_children(node: ExplainNode) -> list[ExplainNode]:
         for child in node.children:
             if child.kind in _LEAVES:
                 continue
-            if child.kind in ("func", "arith", "neg"):
+            if child.kind in ("func", "arith", "neg", "rank"):
                 out.extend(_inputs(child))
             else:
                 out.append(child)
@@ -1366,6 +1482,14 @@ class _Tracer:
         elif isinstance(e, ir.Aggregate):
             value, rows = self.aggregate(e)
             line = f"{text} = {render_value(value)}  ({rows[0]} of {rows[1]} rows)"
+        elif isinstance(e, ir.Rank):
+            # The follower's own value (and whether it is in the population),
+            # then its rank among the prepared population.
+            children = [self.node(e.expr)]
+            if e.where is not None:
+                children.append(self.condition_node(e.where))
+            value = self.ev._compiler.rank_table(e, self.as_of, self.f.id)
+            line = f"{text} = {render_value(value)}"
         elif isinstance(e, ir.TagRef):
             rule = self.ruleset.tags[e.name]
             if rule.manual:

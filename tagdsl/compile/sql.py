@@ -20,6 +20,9 @@ Shape of ``desired_memberships`` (docs/internals.md has the semantics):
 
 Every CTE is read exactly once: MariaDB computes a CTE once per reference,
 and SQLite (PITFALLS) must be told to materialise the per-follower one.
+Exception: each ranking call (quintile, percent_rank) is a window subquery
+(``_Build.rank_subquery``) over ``followers`` joined to the aggregate CTEs its
+value needs, so those CTEs are read once more per ranking call.
 
 The tree is dialect-neutral: per-dialect spellings are the constructs of
 ``dialects.py`` (SQLite text instants and scaled-integer decimals, MySQL binary
@@ -308,6 +311,7 @@ class _Build:
         self.sources: dict[str, _SourceAggregates] = {}
         self.followers = self.tables.followers
         self.follower_id = self.followers.c[self.config.followers.id]
+        self.ranks: dict[ir.Rank, Optional[FromClause]] = {}  # ranking call -> its window subquery
 
     def since(self, seconds: int) -> Optional[ColumnElement]:
         """The (exclusive) start of a `within` window: as_of − D, computed here;
@@ -332,16 +336,58 @@ class _Build:
                     if n.source not in self.sources:
                         self.sources[n.source] = _SourceAggregates(self, n.source)
                     self.sources[n.source].register(n)
+                elif isinstance(n, ir.Rank):
+                    self.ranks.setdefault(n, None)
                 elif isinstance(n, ir.TagRef) and n.name not in seen_tags:
                     seen_tags.add(n.name)
                     stack.extend(self.compiler.tag_dependencies(n.name))
         for src in self.sources.values():
             src.build_ctes()
+        for i, r in enumerate(self.ranks):
+            if self.ranks[r] is None:
+                self.ranks[r] = self.rank_subquery(r, f"rank_{i}")
+
+    def rank_subquery(self, r: ir.Rank, name: str) -> FromClause:
+        """(fid, r) for the population of a ranking call: the followers for whom
+        its `where` holds and its value is present, with NTILE(5) over (value,
+        id) or PERCENT_RANK() over value. Joined back by follower id, so anyone
+        else gets NULL (missing)."""
+        x = _Expr(self)
+        v = x.value(r.expr)
+        conds = [v.sql.is_not(None)] if v.nullable and not v.is_const else []
+        if r.where is not None:
+            conds.append(x.pred(r.where))
+        frm: FromClause = self.followers
+        used = {n.source for part in (r.expr, r.where) if part is not None
+                for n in ir.walk(part) if isinstance(n, ir.Aggregate)}
+        for src in self.sources.values():
+            if src.name in used:
+                frm = src.join_onto(frm, self.follower_id)
+        # Ties on the value are broken by follower id in code-point order.
+        by_id = BinaryText(self.follower_id)
+        if r.func == "quintile":
+            order = [by_id] if v.is_const else [v.sql, by_id]
+            window = func.ntile(literal_column("5"), type_=BigInteger()).over(order_by=order)
+        elif v.is_const:  # every member ties
+            window = literal(0.0, DOUBLE)
+        else:
+            # PERCENT_RANK() spelled out: MariaDB's returns a DECIMAL rounded to
+            # 10 places; (rank - 1) / (n - 1) in doubles is exact IEEE everywhere.
+            above = ToDouble(func.rank(type_=BigInteger()).over(order_by=v.sql) - literal_column("1"))
+            others = ToDouble(func.count(type_=BigInteger()).over() - literal_column("1"))
+            window = func.coalesce(TrueDiv(above, func.nullif(others, 0, type_=DOUBLE)), literal(0.0, DOUBLE),
+                                   type_=DOUBLE)
+        stmt = select(self.follower_id.label("fid"), window.label("r")).select_from(frm)
+        if conds:
+            stmt = stmt.where(and_(*conds))
+        return stmt.subquery(name)
 
     def from_clause(self) -> FromClause:
         frm: FromClause = self.followers
         for src in self.sources.values():
             frm = src.join_onto(frm, self.follower_id)
+        for sub in self.ranks.values():
+            frm = frm.outerjoin(sub, sub.c.fid == self.follower_id)
         return frm
 
     def expr(self) -> "_Expr":
@@ -502,6 +548,9 @@ class _Expr:
             return Val(NormTime(self.b.as_of_param), "datetime", nullable=False, const=self.b.as_of)
         if isinstance(e, ir.Aggregate):
             return self.aggregate(e)
+        if isinstance(e, ir.Rank):
+            assert self.row is None, "ranking inside an aggregate"
+            return Val(self.b.ranks[e].c.r, e.type.kind)
         if isinstance(e, ir.Arith):
             return self.arith(e)
         if isinstance(e, ir.Neg):
@@ -736,6 +785,17 @@ class SqlCompiler:
         return (select(b.follower_id.label("openid"))
                 .select_from(b.from_clause())
                 .where(b.expr().pred(cond)))
+
+    def rank_select(self, ranks: Sequence[ir.Rank], as_of: dt.datetime, openid: str) -> Select:
+        """One row for follower ``openid``: column ``r<i>`` is its value of
+        ``ranks[i]`` over the whole population (NULL outside it), e.g. for
+        explain, which evaluates one follower in memory."""
+        b = _Build(self, as_of)
+        b.collect(list(ranks))
+        x = b.expr()
+        return (select(*[x.value(r).sql.label(f"r{i}") for i, r in enumerate(ranks)])
+                .select_from(b.from_clause())
+                .where(b.follower_id == literal(openid, String())))
 
     def count_select(self, condition: ir.Expr | str, as_of: dt.datetime, by: str | None = None) -> Select:
         """One aggregate query: ``total`` followers and ``count`` where the
