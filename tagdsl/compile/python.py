@@ -23,6 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Callable, Mapping, Optional, Sequence
 from zoneinfo import ZoneInfo
 
+from ..format import quote_string
 from .. import ir
 from ..config import Config
 from ..diagnostics import TagDSLError
@@ -384,22 +385,8 @@ def _where(span) -> Optional[str]:
 _OP_SYMBOL = {"==": "==", "!=": "≠", "<": "<", "<=": "≤", ">": ">", ">=": "≥"}
 
 
-def _quote(s: str) -> str:
-    out = []
-    for ch in s:
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 32 or ord(ch) == 127:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+# One canonical string quoting for explain output and the formatter.
+_quote = quote_string
 
 
 def _duration_text(seconds: int) -> str:
