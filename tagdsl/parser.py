@@ -319,6 +319,25 @@ _ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.S)
 _SIMPLE_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
 
 
+def unescape(body: str, on_invalid) -> str:
+    """The value of a string literal from its text between the quotes.
+
+    ``on_invalid(escape, offset)`` is called for an unknown escape (``offset``:
+    of the backslash in ``body``); it reports or raises, and what it returns
+    stands in for the escape. Shared by rule files and test files.
+    """
+
+    def repl(m: re.Match) -> str:
+        esc = m.group(1)
+        if esc in _SIMPLE_ESCAPES:
+            return _SIMPLE_ESCAPES[esc]
+        if esc.startswith("u") and len(esc) == 5:
+            return chr(int(esc[1:], 16))
+        return on_invalid(esc, m.start())
+
+    return _ESCAPE.sub(repl, body)
+
+
 class _Builder:
     def __init__(self, source: SourceFile, out: _Collector):
         self.source = source
@@ -338,21 +357,15 @@ class _Builder:
         return _Part(value, start, end) if kind in ("call_args", "block") else value
 
     def string(self, token: Token) -> str:
-        raw = str(token)[1:-1]
         base = token.start_pos + 1
 
-        def repl(m: re.Match) -> str:
-            esc = m.group(1)
-            if esc in _SIMPLE_ESCAPES:
-                return _SIMPLE_ESCAPES[esc]
-            if esc.startswith("u") and len(esc) == 5:
-                return chr(int(esc[1:], 16))
-            start = base + m.start()
+        def invalid(esc: str, offset: int) -> str:
+            start = base + offset
             self.out.add("TD102", f"invalid escape `\\{esc}` in string", start, start + 1 + len(esc),
                          r'use \" \\ \n \t or \uXXXX; write \\ for a backslash')
             return esc
 
-        return _ESCAPE.sub(repl, raw)
+        return unescape(str(token)[1:-1], invalid)
 
     def _depth_ok(self, stmt) -> bool:
         # Iterative depth measurement; deeper trees are refused (TD105) so

@@ -36,7 +36,7 @@ from typing import Callable, Iterable, Optional, Sequence
 from .config import Config, FieldSpec, FieldType, load_config
 from .diagnostics import Diagnostic, RulesetError, Severity, TagDSLError
 from .loader import Analysis, analyze, display_path
-from .parser import _ESCAPE, _SIMPLE_ESCAPES, decode_source
+from .parser import decode_source, unescape
 from .parser import _FULLWIDTH as _RULE_FULLWIDTH
 from .schema import ID_LENGTH
 from .spans import SourceFile, Span, display_width
@@ -289,20 +289,14 @@ class _Parser:
         return self.unescape(t), self.tspan(t)
 
     def unescape(self, t: _Tok) -> str:
-        raw = t.text[1:-1]
         base = t.start + 1
 
-        def repl(m: re.Match) -> str:
-            esc = m.group(1)
-            if esc in _SIMPLE_ESCAPES:
-                return _SIMPLE_ESCAPES[esc]
-            if esc.startswith("u") and len(esc) == 5:
-                return chr(int(esc[1:], 16))
-            start = base + m.start()
+        def invalid(esc: str, offset: int) -> str:
+            start = base + offset
             raise _SyntaxError("TT100", f"invalid escape `\\{esc}` in string", start, start + 1 + len(esc),
                                r'use \" \\ \n \t or \uXXXX')
 
-        return _ESCAPE.sub(repl, raw)
+        return unescape(t.text[1:-1], invalid)
 
     # -- file ---------------------------------------------------------------------------------
     def parse(self) -> RawTestFile:

@@ -507,3 +507,11 @@ def test_the_example_in_docs_testing_passes_against_the_shipped_rules():
     rules = {p.name: p.read_text(encoding="utf-8") for p in sorted(RULESETS.glob("*.tag"))}
     report = run_tests(config=Config(), rule_texts=rules, test_texts={"dormancy.tagtest": example})
     assert report.ok and report.passed == 3, render_text(report)
+
+
+def test_test_files_share_the_rule_files_string_escapes():
+    ok, diags = parse_tagtest('as_of datetime("2026-11-22T10:00:00")\nfollower "a\\u4e00" {\n}\n', "x.tagtest")
+    assert diags == []
+    _, diags = parse_tagtest('as_of datetime("2026-11-22T10:00:00")\nfollower "a\\q" {\n}\n', "x.tagtest")
+    assert [(d.code, d.span.line, d.span.column) for d in diags] == [("TT100", 2, 12)]
+    assert "invalid escape `\\q`" in diags[0].message
