@@ -125,7 +125,7 @@ _rule("TD204", "unknown-tag", E, "`tag(\"…\")` names a tag that no rule define
       "A reference to a missing tag is always false and silently empties the audience.",
       'not tag("已购卖")', 'not tag("已购买")')
 _rule("TD205", "unknown-attribute", E, "A tag or audience block contains an unknown attribute.",
-      "Attributes are description, owner, priority, expires, sensitive and review.",
+      "Attributes are description, owner, priority, expires, sensitive, review and reply.",
       'tag "a" when true { priorty 10 }', 'tag "a" when true { priority 10 }')
 _rule("TD206", "duplicate-definition", E, "A `let`, audience or group is defined twice.",
       "The ruleset is one namespace; a second definition would silently win.",
@@ -134,7 +134,7 @@ _rule("TD207", "wrong-arguments", E, "A function or aggregate is called with the
       "Each function has a fixed signature.",
       "days_since()", "days_since(last_active_at)")
 _rule("TD208", "invalid-attribute", E, "An attribute has a missing or ill-typed value, or is repeated.",
-      "priority takes an integer, expires a duration, description/owner/review a string; sensitive takes none.",
+      "priority takes an integer, expires a duration, description/owner/review/reply a string; sensitive takes none.",
       'tag "a" when true { priority "high" }', 'tag "a" when true { priority 10 }')
 _rule("TD209", "nested-aggregate", E, "An aggregate is used inside another aggregate's arguments.",
       "Aggregates are computed per follower over one source; nesting has no meaning.",

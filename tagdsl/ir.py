@@ -232,6 +232,7 @@ class TagRule:
     review: Optional[str] = None
     span: Span = _NO_SPAN
     name_span: Span = _NO_SPAN
+    reply: Optional[str] = None  # passive reply text when a push makes a follower gain this tag (serve)
 
 
 @dataclass

@@ -55,6 +55,9 @@ FAILING = [
     ("TD206", 'let x = 1\nlet x = 2\ntag "a" when age > x\n', ("t.tag", 2, 5, 2, 6), DEFAULT),
     ("TD207", 'tag "a" when days_since() > 1\n', ("t.tag", 1, 14, 1, 26), DEFAULT),
     ("TD208", 'tag "a" when age > 1 { priority "high" }\n', ("t.tag", 1, 24, 1, 39), DEFAULT),
+    ("TD208", 'tag "VIP" manual { reply "欢迎" }\n', ("t.tag", 1, 20, 1, 30), DEFAULT),
+    ("TD208", 'tag "a" when age > 1 { reply " " }\n', ("t.tag", 1, 30, 1, 33), DEFAULT),
+    ("TD208", 'tag "a" when age > 1 { reply "' + "欢" * 683 + '" }\n', ("t.tag", 1, 30, 1, 715), DEFAULT),
     ("TD209", 'tag "a" when count(orders where amount > avg(orders.amount)) > 1\n', ("t.tag", 1, 42, 1, 60), DEFAULT),
     ("TD210", 'group "g" exclusive { tag "VIP" manual }\n', ("t.tag", 1, 23, 1, 39), DEFAULT),
     # types (resolve)
@@ -134,6 +137,7 @@ PASSING = [
     ("TD206", 'let x = 1\nlet y = 2\ntag "a" when age > x + y\n', DEFAULT),
     ("TD207", 'tag "a" when days_since(last_active_at) > 1\n', DEFAULT),
     ("TD208", 'tag "a" when age > 1 { priority 10 expires 30d sensitive review "法务" }\n', DEFAULT),
+    ("TD208", 'tag "a" when age > 1 { reply "' + "欢" * 682 + '" }\n', DEFAULT),  # 2046 bytes
     ("TD209", 'tag "a" when count(orders where amount > 100) > 1\n', DEFAULT),
     ("TD210", 'group "g" { tag "VIP" manual }\n', DEFAULT),
     ("TD301", 'tag "a" when age == 30\n', DEFAULT),

@@ -29,7 +29,9 @@ FUNCTIONS = {
     "quintile": "quintile(expr [where …])", "percent_rank": "percent_rank(expr [where …])",
 }
 RANKING = ("quintile", "percent_rank")
-TAG_ATTRIBUTES = ("description", "owner", "priority", "expires", "sensitive", "review")
+TAG_ATTRIBUTES = ("description", "owner", "priority", "expires", "sensitive", "review", "reply")
+# WeChat refuses a passive text reply over 2048 bytes (UTF-8) and answers the follower with nothing.
+MAX_REPLY_BYTES = 2048
 AUDIENCE_ATTRIBUTES = ("description", "owner")
 
 
@@ -84,7 +86,7 @@ class Resolver:
             if key in seen:
                 self.error("TD208", f"attribute `{key}` is given twice", item.span, "keep one")
                 continue
-            expected = {"description": "string", "owner": "string", "review": "string",
+            expected = {"description": "string", "owner": "string", "review": "string", "reply": "string",
                         "priority": "int", "expires": "duration", "sensitive": None}[key]
             if expected is None:
                 if value is not None:
@@ -99,6 +101,18 @@ class Resolver:
             if key == "expires" and manual:
                 self.error("TD208", "`expires` applies to computed tags; the engine never removes manual tags",
                            item.span, "remove `expires` or make the tag computed")
+                continue
+            if key == "reply" and manual:
+                self.error("TD208", "`reply` applies to computed tags; the engine never assigns manual tags",
+                           item.span, "remove `reply` or make the tag computed")
+                continue
+            if key == "reply" and not value.value.strip():
+                self.error("TD208", "`reply` must not be empty", value.span, 'e.g. reply "欢迎关注！"')
+                continue
+            if key == "reply" and len(value.value.encode("utf-8")) > MAX_REPLY_BYTES:
+                size = len(value.value.encode("utf-8"))
+                self.error("TD208", f"`reply` is {size} bytes; WeChat accepts at most {MAX_REPLY_BYTES}",
+                           value.span, "shorten the text")
                 continue
             if key == "expires" and value.value.seconds <= 0:
                 self.error("TD208", "`expires` must be a positive duration", value.span, "e.g. expires 90d")
@@ -687,7 +701,7 @@ def run(ctx) -> None:
             stmt.name, condition, stmt.manual, group.name if group else None,
             bool(group and group.exclusive), int(attrs.get("priority", 0)), attrs.get("expires"),
             attrs.get("description"), attrs.get("owner"), bool(attrs.get("sensitive", False)),
-            attrs.get("review"), stmt.span, stmt.name_span)
+            attrs.get("review"), stmt.span, stmt.name_span, attrs.get("reply"))
 
     group_map: dict[str, I.Group] = {}
     for g in groups:
