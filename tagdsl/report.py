@@ -55,20 +55,49 @@ def _drawn(text: str) -> str:
     return "".join(_visible(c) for c in text)
 
 
+# A snippet line is cut to about this many display columns around the span: a
+# generated or minified rule file may hold a 10,000-character line.
+SNIPPET_WIDTH = 120
+SNIPPET_BEFORE = 40
+
+
+def _window(line: str, start: int) -> tuple[int, int]:
+    """The [from, to) character range of ``line`` to draw: all of it when it
+    fits, else SNIPPET_BEFORE columns before ``start`` and the rest up to
+    SNIPPET_WIDTH columns."""
+    if display_width(_drawn(line)) <= SNIPPET_WIDTH:
+        return 0, len(line)
+    lo, used = min(start, len(line)), 0
+    while lo > 0 and used + display_width(_drawn(line[lo - 1])) <= SNIPPET_BEFORE:
+        lo -= 1
+        used += display_width(_drawn(line[lo]))
+    hi, used = lo, 0
+    while hi < len(line) and used + display_width(_drawn(line[hi])) <= SNIPPET_WIDTH:
+        used += display_width(_drawn(line[hi]))
+        hi += 1
+    return lo, hi
+
+
 def snippet(span: Span, source: Optional[SourceFile], style: Style = _plain, color: str = "red") -> list[str]:
-    """The source line of ``span`` and a caret line under the spanned text."""
+    """The source line of ``span`` (cut around the span when very long) and a
+    caret line under the spanned text."""
     if source is None or span.line < 1:
         return []
     line = source.line_text(span.line)
     start = max(span.column - 1, 0)
     end = span.end_column - 1 if span.end_line == span.line else len(line)
     end = max(min(end, len(line)), start)
-    pad = display_width(_drawn(line[:start])) + max(0, start - len(line))  # past the end: e.g. at EOF
-    width = max(display_width(_drawn(line[start:end])), 1)
+    lo, hi = _window(line, start)
+    head = "..." if lo > 0 else ""
+    tail = "..." if hi < len(line) else ""
+    shown_end = max(min(end, hi), min(start, hi))
+    pad = display_width(head + _drawn(line[lo:start])) + max(0, start - len(line))  # past the end: e.g. at EOF
+    width = max(display_width(_drawn(line[start:shown_end])), 1)
     gutter = str(span.line)
     blank = " " * len(gutter)
     return [
-        f"{style(gutter, fg='blue', bold=True)} {style('|', fg='blue', bold=True)} {_drawn(line)}".rstrip(),
+        f"{style(gutter, fg='blue', bold=True)} {style('|', fg='blue', bold=True)} "
+        f"{head}{_drawn(line[lo:hi])}{tail}".rstrip(),
         f"{blank} {style('|', fg='blue', bold=True)} {' ' * pad}{style('^' * width, fg=color, bold=True)}",
     ]
 

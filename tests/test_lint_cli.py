@@ -125,6 +125,29 @@ def test_text_caret_after_cjk_and_tabs():
     assert carets.count("^") == 4
 
 
+def test_text_snippet_of_a_very_long_line_is_cut_around_the_span():
+    text = 'tag "长" when city == "' + "北京" * 300 + '" and cty == 1\n'
+    analysis = analyze(texts={"t.tag": text}, config=Config())
+    (d,) = [d for d in analysis.diagnostics if d.code == "TD201"]
+    out = format_text([d], analysis.sources)
+    shown, carets = caret_line_for(out, '" and cty == 1')
+    gutter = shown.index("| ") + 2
+    assert shown[gutter:].startswith("...")
+    assert display_width(shown) < 140, "the 1,200-column line is cut"
+    assert carets.index("^") == display_width(shown[: shown.index("cty")])
+    assert carets.count("^") == 3
+
+
+def test_text_snippet_cut_keeps_a_long_span_inside_the_window():
+    text = 'tag "a" when ' + "(" * 201 + "true" + ")" * 201 + "\n"
+    analysis = analyze(texts={"t.tag": text}, config=Config())
+    (d,) = [d for d in analysis.diagnostics if d.code == "TD105"]
+    out = format_text([d], analysis.sources)
+    source_line, carets = out.splitlines()[1:3]
+    assert source_line.endswith("...") and "true" in source_line
+    assert carets.index("^") == display_width(source_line[: source_line.index("true")]) - 1  # the 201st "("
+
+
 def test_text_invisible_characters_are_drawn_escaped():
     analysis = analyze(texts={"t.tag": 'tag "a\u202eb" manual\n'}, config=Config())
     out = format_text(analysis.diagnostics, analysis.sources)
