@@ -362,19 +362,27 @@ STARTER_CONFIG = """\
 # max_tags = 100
 # max_tags_per_follower = 20
 # name_max_bytes = 30
+## name_max_chars = 30            ## a limit in characters instead of bytes (wecom's profile)
+# name_recommended_chars = 8      ## longer names are a warning (TD407)
+# max_depth = 3                   ## group plus "-" separated segments (TD408)
+# reserved_names = ["星标组"]
 
 ## Sync with an official account (secrets come from environment variables).
 # [wechat_mp]
-# appid = "wx0123456789abcdef"
+# appid = "wx0123456789abcdef"     ## or appid_env = "WECHAT_APPID"
 # secret_env = "WECHAT_APP_SECRET"
+# api_base_url = "https://api.example.test"   ## a proxy in front of the API (default: WeChat's)
 # token_env = "WECHAT_TOKEN"
 # aes_key_env = "WECHAT_AES_KEY"
 # events_source = "events"
 
 ## Sync with WeCom customer tags.
 # [wecom]
-# corpid = "ww0123456789abcdef"
+# corpid = "ww0123456789abcdef"    ## or corpid_env = "WECOM_CORPID"
 # secret_env = "WECOM_SECRET"
+# api_base_url = "https://qyapi.example.test"  ## a proxy in front of the API (default: WeCom's)
+# userid = "zhangsan"              ## the follow user whose external contacts are tagged, when fixed
+# default_group = "tagdsl"         ## the corp tag group of tags declared outside any group
 """
 
 

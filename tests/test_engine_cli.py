@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import sqlite3
 import tomllib
@@ -94,6 +95,10 @@ def test_the_starter_config_is_the_defaults_once_uncommented(tmp_path):
         assert getattr(config, section) == getattr(defaults, section), section
     assert config.limits_resolved == defaults.limits_resolved
     assert set(data) == {"project", "database", "followers", "sources", "limits", "wechat_mp", "wecom"}
+    # It documents every key of every section.
+    for section in ("project", "database", "limits", "wechat_mp", "wecom"):
+        for key in type(getattr(config, section)).model_fields:
+            assert re.search(rf"^#+ {key} =|## or {key} =", STARTER_CONFIG, re.M), f"[{section}] {key} not shown"
     # As written (everything commented), it is the defaults too.
     path.write_text(STARTER_CONFIG, encoding="utf-8")
     assert load_config(path).model_dump(exclude={"path"}) == defaults.model_dump(exclude={"path"})
