@@ -41,3 +41,15 @@ def test_compound_decimal_expression_is_grouped_when_rescaled(store):
     population = [follower("o0010", age=52, score=Decimal("177.39")),
                   follower("o0011", age=70, score=Decimal("242.00"))]
     check_agreement(store, text, [], population)
+
+
+def test_compound_integer_operand_of_a_decimal_subtraction_is_grouped(store):
+    # Found by the 20,000-example campaign (round 6): on PostgreSQL and MariaDB
+    # the integer `(0 + 1)` aligned to a decimal rendered bare, so
+    # `0.01 - (0 + 1)` ran as `0.01 - 0 + 1` = 1.01 and `0.01 < …` held.
+    text = ('tag "t" when true\n'
+            'audience "a1" = 0.01 < (0.01 - (0 + 1))\n'
+            'audience "a2" = score - (age + 1) == 9.50 and 2.5 * (age - 1) == 22.50 and score / (age - 8) > 9\n'
+            'audience "a3" = -(age + 1) + 0.5 < -10 and 100.00 - (age - age) - (age + 0) == 90\n')
+    population = [follower("o0000", age=10, score=Decimal("20.50")), follower("o0001")]
+    check_agreement(store, text, ["a1", "a2", "a3"], population)

@@ -252,7 +252,10 @@ class Rescale(_Wrapper):
 
 @compiles(Rescale)
 def _rescale(el, compiler, **kw):
-    return compiler.process(el.element, **kw)
+    # Identity, but still grouped: the element may be compound (`0 + 1`) and
+    # SQLAlchemy does not know this construct's precedence, so `0.01 - (0 + 1)`
+    # would otherwise render as `0.01 - 0 + 1`.
+    return f"({compiler.process(el.element, **kw)})"
 
 
 @compiles(Rescale, "sqlite")
