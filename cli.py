@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from tagdsl import TagDSLError, load_config
+from tagdsl import TagDSLError
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -39,6 +39,8 @@ def handle_errors(fn):
 
 
 def get_config(path: str | None):
+    from tagdsl import load_config
+
     return load_config(path)
 
 

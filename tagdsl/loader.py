@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -94,6 +95,19 @@ def analyze(paths: Sequence[str | Path] | None = None, config: Config | None = N
             *, texts: dict[str, str] | None = None) -> Analysis:
     """Parse and check a ruleset. ``texts`` (name -> source) bypasses the file
     system, for tests and for tools that hold rule text in memory."""
+    # Parsing and checking allocate many small objects and free few: the
+    # cyclic collector's full passes found nothing yet took a quarter of the
+    # time of linting 1,000 rules. Pause it; garbage is collected afterwards.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _analyze(paths, config, texts)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _analyze(paths, config: Config | None, texts: dict[str, str] | None) -> Analysis:
     config = config or load_config()
     modules, diagnostics, sources = [], [], {}
     if texts is not None:

@@ -1,23 +1,25 @@
 """Text -> ``tagdsl.ast.Module`` plus syntax diagnostics.
 
-Lark parses (LALR, so parsing itself never recurses); the tree is converted to
-AST nodes with an explicit stack so that long operator chains cannot exhaust
-Python's recursion limit. After a syntax error the parser blanks out the
-broken statement and parses again, so one run reports every independent
-syntax error in a file.
+Two parsers, one result. ``tagdsl.fastparse`` (hand-written, about five times
+faster) parses well-formed files; on anything else it gives up and Lark parses
+(LALR, so parsing itself never recurses), with the grammar in
+grammar/tagdsl.lark as the specification. The Lark path alone reports syntax
+errors: after one it blanks out the broken statement and parses again, so one
+run reports every independent syntax error in a file. Both build the same AST,
+spans included (tests/test_fastparse.py). Lark is imported only when needed.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import threading
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
-from lark import Lark, Token
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-
 from . import ast as A
+from . import fastparse
 from .diagnostics import Diagnostic, Severity
 from .resources import grammar_text
 from .spans import SourceFile, Span
@@ -26,6 +28,25 @@ MAX_FILE_CHARS = 5_000_000
 MAX_NESTING = 200  # parentheses/brackets
 MAX_EXPR_DEPTH = 400  # any expression tree, e.g. a chain of 400 `or`
 MAX_SYNTAX_ERRORS = 25
+
+# Try tagdsl.fastparse before Lark. False (or TAGDSL_PARSER=lark in the
+# environment): Lark only, for comparisons and to rule the fast parser out.
+USE_FAST_PARSER = os.environ.get("TAGDSL_PARSER", "").strip().lower() != "lark"
+
+# Lark names, bound by _import_lark() on first use: `tagdsl lint` of a
+# well-formed ruleset never imports Lark nor loads its grammar (about 0.1 s).
+Lark = Token = UnexpectedCharacters = UnexpectedEOF = UnexpectedInput = UnexpectedToken = None
+
+
+def _import_lark() -> None:
+    global Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+    if Lark is None:
+        from lark import Lark as _Lark, Token as _Token
+        from lark.exceptions import UnexpectedCharacters as _UC, UnexpectedEOF as _UEOF
+        from lark.exceptions import UnexpectedInput as _UI, UnexpectedToken as _UT
+
+        Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken = _Token, _UC, _UEOF, _UI, _UT
+        Lark = _Lark
 
 _STATEMENT_START = re.compile(r"^[ \t\u3000]*(tag|group|audience|let)\b(?!\s*\()", re.M)
 
@@ -48,13 +69,14 @@ _FULLWIDTH = {
 
 
 @lru_cache(maxsize=1)
-def _lark() -> Lark:
+def _lark():
     # The AST is built while parsing (Lark's inline transformer, LALR only):
     # no intermediate parse tree, which halves the time to lint a large
     # ruleset. Inline callbacks get no positions, so every token is kept and a
     # node's span runs from its first child to its last.
     # Building the LALR tables takes about a second; Lark caches them in the
     # temp directory, keyed by the grammar's hash, so later starts are fast.
+    _import_lark()
     options = dict(parser="lalr", lexer="basic", keep_all_tokens=True, maybe_placeholders=True,
                    transformer=_Callbacks())
     try:
@@ -87,9 +109,17 @@ for _kind in _RULES:
 
 
 class _Collector:
-    def __init__(self, source: SourceFile):
-        self.source = source
+    def __init__(self, path: str, text: str):
+        self.path, self.text = path, text
+        self._source: SourceFile | None = None
         self.diagnostics: list[Diagnostic] = []
+
+    @property
+    def source(self) -> SourceFile:
+        # Built on first use: the fast path of a clean file needs no line table.
+        if self._source is None:
+            self._source = SourceFile(self.path, self.text)
+        return self._source
 
     def add(self, code: str, message: str, start: int, end: int | None = None, hint: str | None = None):
         from .diagnostics import RULES
@@ -99,8 +129,7 @@ class _Collector:
 
 def parse_text(text: str, path: str = "<string>") -> tuple[A.Module, list[Diagnostic]]:
     """Parse one file's text. Never raises on bad input: problems are diagnostics."""
-    source = SourceFile(path, text)
-    out = _Collector(source)
+    out = _Collector(path, text)
     if len(text) > MAX_FILE_CHARS:
         out.add("TD105", f"file is too large ({len(text):,} characters; the limit is {MAX_FILE_CHARS:,})", 0, 0,
                 "split the ruleset into several files")
@@ -109,15 +138,28 @@ def parse_text(text: str, path: str = "<string>") -> tuple[A.Module, list[Diagno
     if nul >= 0:
         out.add("TD106", "the file contains a NUL byte", nul, nul + 1, "rule files are UTF-8 text")
         return A.Module(path, ()), out.diagnostics
+    if USE_FAST_PARSER:
+        fast = fastparse.parse(text, path, MAX_NESTING, MAX_EXPR_DEPTH)
+        if fast is not None:
+            statements, comments, deep = fast
+            # Only statements with more tokens than the depth limit can be too
+            # deep; the check drops them with TD105, as on the Lark path.
+            if deep:
+                builder = _Builder(out.source, out)
+                too_deep = {id(s) for s in deep if not builder._depth_ok(s)}
+                statements = [s for s in statements if id(s) not in too_deep]
+            return A.Module(path, tuple(statements), comments), _unique(out.diagnostics)
     if _check_nesting(text, out):
         return A.Module(path, ()), out.diagnostics
     if _check_balance(text, out):
         return A.Module(path, ()), out.diagnostics
 
+    _import_lark()
     work = text
+    source = out.source
     builder = _Builder(source, out)
     for _ in range(MAX_SYNTAX_ERRORS + 1):
-        comments: list[Token] = []
+        comments: list = []
         try:
             _current.builder = builder
             statements = _parse_with_comments(work, comments)
@@ -158,7 +200,7 @@ def _parse_with_comments(text: str, comments: list) -> list:
 _COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n\r]|\\.)*"|#[^\n]*')
 
 
-def _scan_comments(text: str) -> list[Token]:
+def _scan_comments(text: str) -> list:
     found = []
     for m in _COMMENT_OR_STRING.finditer(text):
         if m.group().startswith("#"):
@@ -220,7 +262,7 @@ def _check_balance(text: str, out: _Collector) -> bool:
     return bad
 
 
-def _error_offset(exc: UnexpectedInput, text: str) -> int:
+def _error_offset(exc, text: str) -> int:
     if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
         return len(text.rstrip())
     pos = getattr(exc, "pos_in_stream", None)
@@ -236,7 +278,7 @@ def _describe_expected(expected) -> str:
     return ", ".join(names[:-1]) + (" or " if len(names) > 1 else "") + names[-1] if names else "something else"
 
 
-def _report_syntax_error(exc: UnexpectedInput, text: str, pos: int, out: _Collector) -> None:
+def _report_syntax_error(exc, text: str, pos: int, out: _Collector) -> None:
     if isinstance(exc, UnexpectedCharacters):
         ch = text[pos] if pos < len(text) else ""
         if ch == '"':
@@ -343,7 +385,7 @@ class _Builder:
         self.source = source
         self.out = out
 
-    def span(self, token: Token) -> Span:
+    def span(self, token) -> Span:
         return self.source.span(token.start_pos, token.end_pos)
 
     def make(self, kind: str, raw: list):
@@ -356,7 +398,7 @@ class _Builder:
         value = self.convert(kind, kids, self.source.span(start, end))
         return _Part(value, start, end) if kind in ("call_args", "block") else value
 
-    def string(self, token: Token) -> str:
+    def string(self, token) -> str:
         base = token.start_pos + 1
 
         def invalid(esc: str, offset: int) -> str:
@@ -366,6 +408,14 @@ class _Builder:
             return esc
 
         return unescape(str(token)[1:-1], invalid)
+
+    def integer(self, digits: str, span: Span) -> int:
+        try:
+            return int(digits)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            self.out.add("TD104", f"number with {len(digits):,} digits is too long", span.start, span.end,
+                         f"write at most {sys.get_int_max_str_digits():,} digits")
+            return 0
 
     def _depth_ok(self, stmt) -> bool:
         # Iterative depth measurement; deeper trees are refused (TD105) so
@@ -409,7 +459,8 @@ class _Builder:
             return A.AttributeItem(str(key), value, span, self.span(key))
         if kind == "neg_int":
             sign, tok = kids
-            return A.Literal(-int(str(tok)) if str(sign) == "-" else int(str(tok)), "int", span)
+            magnitude = self.integer(str(tok), span)
+            return A.Literal(-magnitude if str(sign) == "-" else magnitude, "int", span)
         if kind in ("or_", "and_"):
             left, right = kids
             return A.Binary(kind[:-1], left, right, span)
@@ -453,7 +504,7 @@ class _Builder:
         if kind == "string":
             return A.Literal(self.string(kids[0]), "string", span)
         if kind == "int":
-            return A.Literal(int(str(kids[0])), "int", span)
+            return A.Literal(self.integer(str(kids[0]), span), "int", span)
         if kind == "decimal":
             try:
                 return A.Literal(Decimal(str(kids[0])), "decimal", span)
@@ -462,7 +513,7 @@ class _Builder:
                 return A.Literal(Decimal(0), "decimal", span)
         if kind == "duration":
             text = str(kids[0])
-            return A.Literal(A.Duration(int(text[:-1]), text[-1]), "duration", span)
+            return A.Literal(A.Duration(self.integer(text[:-1], span), text[-1]), "duration", span)
         if kind == "true":
             return A.Literal(True, "bool", span)
         if kind == "false":

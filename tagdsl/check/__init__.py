@@ -23,6 +23,7 @@ class CheckContext:
     resolver: Any = None
     let_stmts: dict = field(default_factory=dict)
     resolved_lets: dict = field(default_factory=dict)
+    scoper: Any = None  # graph.Scoper shared by the passes that walk conditions (graph, privacy)
 
 
 def _passes() -> list[tuple[str, Callable[[CheckContext], None]]]:

@@ -9,12 +9,15 @@ its effective condition contains "and none of the earlier ones").
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterator, Optional
+from typing import Optional
 
 from .. import ast as A
 from ..diagnostics import RULES, Diagnostic
 from ..spans import Span
 from .names import shown, tag_statements
+
+
+_LEAVES = frozenset({A.Literal, A.SourceField, A.TagRef})  # nodes without sub-expressions
 
 
 class Scoper:
@@ -25,6 +28,7 @@ class Scoper:
     def __init__(self, config, lets: dict):
         self.config = config
         self.lets = lets  # name -> LetStmt (valid lets only, as recorded by resolve)
+        self._memo: dict[tuple[int, bool], tuple[object, list]] = {}
 
     def aggregate_source(self, call: A.Call) -> Optional[str]:
         if call.func not in A.AGGREGATES or not call.args:
@@ -40,48 +44,74 @@ class Scoper:
                 return None
         return node.name if node.name in self.lets else None
 
-    def nodes(self, root, expand: bool = True) -> Iterator[tuple[object, Optional[str], Span]]:
-        """Yield (node, aggregate source or None, site) for every expression
-        node under ``root``; ``site`` is the span in ``root`` itself that leads
-        to the node (the let's name where the node comes from a let).
-        With ``expand``, each let is expanded once per (let, scope)."""
+    def nodes(self, root, expand: bool = True) -> list[tuple[object, Optional[str], Span]]:
+        """(node, aggregate source or None, site) for every expression node
+        under ``root``, depth first; ``site`` is the span in ``root`` itself
+        that leads to the node (the let's name where the node comes from a
+        let). With ``expand``, each let is expanded once per (let, scope).
+        Memoised: the `graph` and `privacy` passes walk the same conditions."""
+        key = (id(root), expand)
+        found = self._memo.get(key)
+        if found is None:
+            # The memo keeps ``root`` alive, so its id cannot be reused.
+            found = self._memo[key] = (root, self._walk(root, expand))
+        return found[1]
+
+    def _walk(self, root, expand: bool) -> list[tuple[object, Optional[str], Span]]:
+        out = []
         expanded: set[tuple[str, Optional[str]]] = set()
         stack: list[tuple[object, Optional[str], Optional[Span]]] = [(root, None, None)]
+        push = stack.append
         while stack:
             node, source, site = stack.pop()
             if node is None:
                 continue
             here = site if site is not None else getattr(node, "span", None)
-            yield node, source, here
-            if isinstance(node, A.Name):
-                let = self.let_of(node, source)
-                if expand and let is not None and (let, source) not in expanded:
-                    expanded.add((let, source))
-                    stack.append((self.lets[let].expr, source, here))
+            out.append((node, source, here))
+            if type(node) in _LEAVES:
+                continue
+            if isinstance(node, A.Binary):
+                push((node.right, source, site))
+                push((node.left, source, site))
             elif isinstance(node, A.Call):
                 inner = self.aggregate_source(node) if node.func in A.AGGREGATES else None
                 scope = inner if inner is not None else source
-                stack.append((node.within, source, site))
-                stack.append((node.where, scope, site))
+                push((node.within, source, site))
+                push((node.where, scope, site))
                 stack.extend((a, scope, site) for a in reversed(node.args))
+            elif isinstance(node, A.Name):
+                let = self.let_of(node, source)
+                if expand and let is not None and (let, source) not in expanded:
+                    expanded.add((let, source))
+                    push((self.lets[let].expr, source, here))
             elif isinstance(node, A.ListExpr):
                 stack.extend((i, source, site) for i in reversed(node.items))
             elif isinstance(node, A.Unary):
-                stack.append((node.operand, source, site))
-            elif isinstance(node, A.Binary):
-                stack.extend([(node.right, source, site), (node.left, source, site)])
+                push((node.operand, source, site))
             elif isinstance(node, A.Between):
                 stack.extend([(node.high, source, site), (node.low, source, site), (node.operand, source, site)])
             elif isinstance(node, A.In):
                 stack.extend([(node.options, source, site), (node.operand, source, site)])
             elif isinstance(node, A.IsMissing):
-                stack.append((node.operand, source, site))
+                push((node.operand, source, site))
             elif isinstance(node, A.Paren):
-                stack.append((node.expr, source, site))
+                push((node.expr, source, site))
+        return out
 
 
 def scoper_for(ctx) -> Scoper:
-    return Scoper(ctx.config, dict(ctx.let_stmts or {}))
+    """One Scoper per check run (its walks are memoised), renewed if the lets change."""
+    lets = dict(ctx.let_stmts or {})
+    cached = getattr(ctx, "scoper", None)
+    if (cached is not None and cached.config is ctx.config and cached.lets.keys() == lets.keys()
+            and all(cached.lets[k] is v for k, v in lets.items())):
+        return cached
+    scoper = Scoper(ctx.config, lets)
+    try:
+        ctx.scoper = scoper
+    except AttributeError:  # a context object without the attribute (tests may pass their own)
+        pass
+    return scoper
 
 
 def strongly_connected(nodes: list[str], edges: dict[str, list[str]]) -> list[list[str]]:

@@ -64,13 +64,24 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from .. import ir
-from ..compile.python import (_ARITH_OP, _coerce_pair, _divide, _shift, Follower, compile_python, expr_text,
-                              render_value)
 from ..diagnostics import RULES, Diagnostic, Severity
 from .names import shown
+
+if TYPE_CHECKING:
+    from ..compile.python import Follower
+
+
+def _py():
+    """tagdsl.compile.python (constant arithmetic, witness evaluation, the
+    text of expressions), imported on first use: most clean rulesets never
+    need it, and it is a large module to load when `tagdsl lint` starts."""
+    from ..compile import python
+
+    return python
+
 
 WITNESS_AS_OF = dt.datetime(2026, 1, 1)  # the as-of instant witnesses are evaluated at (project time)
 QUERY_STEPS = 6_000  # solver steps for one proof or witness search
@@ -657,13 +668,13 @@ def _fold(e):
             return _NO
         try:
             if e.type.kind == "datetime":
-                return _shift(a, b, 1 if e.op == "+" else -1)
+                return _py()._shift(a, b, 1 if e.op == "+" else -1)
             if e.op == "/":
-                return _divide(a, b)
+                return _py()._divide(a, b)
             if a is None or b is None:
                 return None
-            a, b = _coerce_pair(e.left.type, e.right.type, a, b)
-            return _ARITH_OP[e.op](a, b)
+            a, b = _py()._coerce_pair(e.left.type, e.right.type, a, b)
+            return _py()._ARITH_OP[e.op](a, b)
         except (ArithmeticError, ValueError, TypeError):
             return _NO  # e.g. a float overflow: not something to reason about
     if isinstance(e, ir.Func) and e.name == "coalesce":
@@ -728,7 +739,7 @@ def _key(value, dom: _Domain, value_type: ir.Type):
 def _const_compare(op, lt, a, rt, b) -> bool:
     if a is None or b is None:
         return False
-    a, b = _coerce_pair(lt, rt, a, b)
+    a, b = _py()._coerce_pair(lt, rt, a, b)
     if isinstance(a, dt.date) or isinstance(b, dt.date):
         a, b = (ir.to_datetime(v) if isinstance(v, dt.date) else v for v in (a, b))
     try:
@@ -1504,7 +1515,7 @@ class _Witnesses:
             own = {_RAW + n: ir.Audience(_RAW + n, rs.tags[n].condition) for n in names
                    if n in rs.tags and rs.tags[n].condition is not None}
             try:
-                ev = compile_python(ir.Ruleset(tags, groups, own, list(rs.files)), self.logic.config)
+                ev = _py().compile_python(ir.Ruleset(tags, groups, own, list(rs.files)), self.logic.config)
             except Exception:  # a ruleset the evaluator refuses (e.g. a reference cycle): no witnesses
                 ev = None
             self._evaluators[key] = ev
@@ -1587,7 +1598,7 @@ class _Witnesses:
         rows = self.rows(ev, aggregates, state, as_of, asof_key, high, fields, frozenset(tags))
         if rows is None:
             return None
-        return Follower("witness", fields, rows, frozenset(tags))
+        return _py().Follower("witness", fields, rows, frozenset(tags))
 
     def value_of(self, b: int, state: _State, asof_key: int, high: bool):
         """A value for a base meeting its literals: None = missing, _NO = none found."""
@@ -1644,7 +1655,7 @@ class _Witnesses:
             return rows
 
         def current(rid: int) -> int:
-            follower = Follower("witness", fields, rows, tags)
+            follower = _py().Follower("witness", fields, rows, tags)
             return ev.value(reg.rowsets[rid].count_node, follower, as_of)
 
         def count_lits(rid: int):
@@ -1817,7 +1828,7 @@ def _assign(node, value, fields: dict) -> None:
         if value is None:
             _assign(node.left, None, fields)
         elif node.type.kind == "datetime":
-            _assign(node.left, _shift(value, c, -1 if node.op == "+" else 1), fields)
+            _assign(node.left, _py()._shift(value, c, -1 if node.op == "+" else 1), fields)
         elif node.left.type == node.type and not isinstance(c, float):
             _assign(node.left, value - c if node.op == "+" else value + c, fields)
 
@@ -1946,7 +1957,7 @@ class _Logic:
     def why_never(self, condition) -> str:
         """The conjuncts that contradict each other, as text (empty when the whole condition is needed)."""
         if isinstance(condition, ir.Const):
-            return f" (it is `{expr_text(condition)}`)"
+            return f" (it is `{_py().expr_text(condition)}`)"
         if not isinstance(condition, ir.And) or not 2 <= len(condition.items) <= 12:
             return ""
         core = list(condition.items)
@@ -1954,7 +1965,7 @@ class _Logic:
             trial = [x for x in core if x is not item]
             if trial and self.solver.query(_and([self.builder.cond(x) for x in trial])) is False:
                 core = trial
-        texts = [f"`{_clip(expr_text(x))}`" for x in core]
+        texts = [f"`{_clip(_py().expr_text(x))}`" for x in core]
         if len(core) == 1:
             return f": {texts[0]} is never true"
         return ": " + " and ".join(texts) + " cannot both be true"
@@ -2162,8 +2173,8 @@ class _Logic:
                 value = ev.value(node, follower, as_of)
             except Exception:
                 continue
-            text = _clip(expr_text(node))
-            parts.append(f"{text} is missing" if value is None else f"{text} = {render_value(value)}")
+            text = _clip(_py().expr_text(node))
+            parts.append(f"{text} is missing" if value is None else f"{text} = {_py().render_value(value)}")
         if len(nodes) > MAX_SHOWN:
             parts.append("…")
         return ", ".join(parts) if parts else "no particular values"

@@ -24,6 +24,7 @@ _INVISIBLE_EXTRA = {
     0x17B4, 0x17B5,  # Khmer inherent vowels
     0x2800,  # BRAILLE PATTERN BLANK
 }
+_INVISIBLE_EXTRA_CHARS = frozenset(map(chr, _INVISIBLE_EXTRA))
 _INVISIBLE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn")
 _CONTROL_NAMES = {0x09: "CHARACTER TABULATION", 0x0A: "LINE FEED", 0x0D: "CARRIAGE RETURN"}
 
@@ -34,6 +35,15 @@ def is_invisible(ch: str) -> bool:
     return unicodedata.category(ch) in _INVISIBLE_CATEGORIES or ord(ch) in _INVISIBLE_EXTRA
 
 
+def has_invisible(text: str) -> bool:
+    """Whether any character of ``text`` is invisible; fast for the usual
+    name. ``str.isprintable`` is false for every invisible category (and for
+    other spaces), so a printable text only needs the extra characters checked."""
+    if text.isprintable():
+        return not _INVISIBLE_EXTRA_CHARS.isdisjoint(text)
+    return any(is_invisible(c) for c in text)
+
+
 def char_label(ch: str) -> str:
     """``U+200B (ZERO WIDTH SPACE)``."""
     name = unicodedata.name(ch, None) or _CONTROL_NAMES.get(ord(ch))
@@ -42,12 +52,16 @@ def char_label(ch: str) -> str:
 
 def shown(name: str) -> str:
     """A name safe to print in a message: invisible characters as escapes."""
+    if not has_invisible(name):
+        return name
     return "".join(f"\\u{ord(c):04x}" if is_invisible(c) else c for c in name)
 
 
 def normalize_name(name: str) -> str:
     """The identity of a tag name: NFKC, invisible characters removed, trimmed."""
     folded = unicodedata.normalize("NFKC", name)
+    if not has_invisible(folded):
+        return folded.strip()
     return "".join(c for c in folded if not is_invisible(c)).strip()
 
 
@@ -77,9 +91,11 @@ def _add(ctx, code: str, message: str, span: Span, hint: str | None) -> None:
     ctx.diagnostics.append(Diagnostic(code, RULES[code].severity, message, span, hint))
 
 
-def _check_text(ctx, kind: str, name: str, span: Span, *, tag: bool) -> None:
-    """Checks shared by tag and group names: empty, whitespace, invisible, length."""
-    limits = ctx.config.limits_resolved
+def _check_text(ctx, kind: str, name: str, span: Span, *, tag: bool, limits=None) -> None:
+    """Checks shared by tag and group names: empty, whitespace, invisible, length.
+    ``limits``: ``ctx.config.limits_resolved``, which builds a new object per access."""
+    if limits is None:
+        limits = ctx.config.limits_resolved
     if name.strip() == "":
         what = "empty" if name == "" else "only whitespace"
         _add(ctx, "TD402", f"{kind} name is {what}", span, f'give the {kind} a visible name, e.g. "新客"')
@@ -90,7 +106,8 @@ def _check_text(ctx, kind: str, name: str, span: Span, *, tag: bool) -> None:
              f'write "{shown(name.strip())}"; the space is invisible to operators')
     body_start = len(name) - len(name.lstrip())
     body_end = len(name.rstrip())
-    hidden = [(i, c) for i, c in enumerate(name) if is_invisible(c) and body_start <= i < body_end]
+    hidden = [(i, c) for i, c in enumerate(name) if is_invisible(c) and body_start <= i < body_end] \
+        if has_invisible(name) else []
     if hidden:
         first_at, first = hidden[0]
         more = f" and {len(hidden) - 1} more" if len(hidden) > 1 else ""
@@ -125,7 +142,7 @@ def run(ctx) -> None:
     first_seen: dict[str, A.TagStmt] = {}
     for stmt, group in tag_statements(ctx.modules):
         name, span = stmt.name, stmt.name_span
-        _check_text(ctx, "tag", name, span, tag=True)
+        _check_text(ctx, "tag", name, span, tag=True, limits=limits)
         key = normalize_name(name)
         if not key:
             continue
@@ -154,4 +171,4 @@ def run(ctx) -> None:
                      span, "flatten the hierarchy: drop a level from the name (`-` separates levels) "
                      "or move the tag to a more specific group")
     for group in group_statements(ctx.modules):
-        _check_text(ctx, "group", group.name, group.name_span, tag=False)
+        _check_text(ctx, "group", group.name, group.name_span, tag=False, limits=limits)

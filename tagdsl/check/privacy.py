@@ -10,6 +10,7 @@ field (or source) its condition reads, contains one of
 from __future__ import annotations
 
 import unicodedata
+from functools import lru_cache
 from typing import Optional
 
 from .. import ast as A
@@ -18,6 +19,7 @@ from .graph import scoper_for
 from .names import shown, tag_statements
 
 
+@lru_cache(maxsize=4096)  # the same field names are read by many rules
 def _fold(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
