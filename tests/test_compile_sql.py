@@ -541,6 +541,34 @@ def test_last_and_first_ties_and_missing_values(store):
     }
 
 
+def test_last_and_first_of_the_time_column_take_one_pass(store):
+    # last(t) of the source's own time column is the greatest time seen: the
+    # statement reads orders once (no second pass for the value at that time).
+    rules = """
+    tag "last 12d" when days_since(last(orders.created_at)) == 12
+    tag "first where" when first(orders.created_at where category == "a") == datetime("2024-01-01T00:00:00")
+    tag "none in 5d" when exists(orders) and last(orders.created_at within 5d) is missing
+    tag "same as max" when last(orders.created_at) == max(orders.created_at)
+    """
+    store.insert("followers", followers("p", "q", "r"))
+    store.insert("orders", [
+        {"openid": "p", "created_at": "2024-05-20 08:00:00", "category": "b"},
+        {"openid": "p", "created_at": "2024-01-01 00:00:00", "category": "a"},
+        {"openid": "p", "created_at": "2024-06-03 00:00:00", "category": "a"},  # after as-of: never seen
+        {"openid": "q", "created_at": None, "category": "a"},  # no time: never seen
+        {"openid": "q", "created_at": "2024-05-31 00:00:00", "category": "b"},
+    ])
+    assert store.tags(rules) == {
+        "last 12d": {"p"},
+        "first where": {"p"},
+        "none in 5d": {"p"},
+        "same as max": {"p", "q"},
+    }
+    for dialect in ("sqlite", "postgresql", "mysql"):
+        text = sql_text(store.compiler(rules).desired_memberships(AS_OF), dialect)
+        assert "last_orders" not in text and text.count("FROM orders") == 1, dialect
+
+
 # -- tags: groups and references ----------------------------------------------------------------------
 
 def test_exclusive_groups_are_first_match(store):

@@ -7,8 +7,8 @@ Shape of ``desired_memberships`` (docs/internals.md has the semantics):
                count(CASE WHEN <where> AND <window> THEN 1 END) AS n0,
                sum(CASE WHEN … THEN <amount> END) AS sum1, …   -- every distinct aggregate
         FROM <source> WHERE <time> <= :as_of GROUP BY <follower>),
-    last_<source> AS (              -- only for last()/first(): agg_<source> plus the
-        …),                         -- values at the extreme times (second pass)
+    last_<source> AS (              -- only for last()/first() of a field other than the
+        …),                         -- time: agg_<source> plus the values at the extreme times
     flags AS MATERIALIZED (         -- one row per follower: tag bits in BIGINT masks
         SELECT followers.openid,
                CASE WHEN <condition> THEN 1 ELSE 0 END                  -- a tag
@@ -190,7 +190,11 @@ class _SourceAggregates:
         elif a.func in ("min", "max"):
             self._need((a.func, a.field, *base))
         elif a.func in ("last", "first"):
-            if self.spec.time:
+            if self.is_time(a.field):
+                # The value in the row with the greatest (smallest) time, of the
+                # time column itself, is that time: no second pass.
+                self._need(("tmax" if a.func == "last" else "tmin", None, *base))
+            elif self.spec.time:
                 self._need(("tmax" if a.func == "last" else "tmin", None, *base))
                 key = (a.func, a.field, *base)
                 if key not in self.picks:
@@ -200,6 +204,10 @@ class _SourceAggregates:
                 self._need(("max" if a.func == "last" else "min", a.field, *base))
         else:  # pragma: no cover - the checker only produces the functions above
             raise AssertionError(a.func)
+
+    def is_time(self, f: Optional[ir.SourceField]) -> bool:
+        """``f`` is the source's time column (rows without a time are never seen)."""
+        return f is not None and bool(self.spec.time) and f.column == self.spec.time
 
     # -- building ---------------------------------------------------------------------------------
     def _time(self):
@@ -604,6 +612,8 @@ class _Expr:
         if a.func in ("min", "max"):
             return Val(src.column(a, a.func), kind, scale)
         if a.func in ("last", "first"):
+            if src.is_time(a.field):
+                return Val(src.column(a, "tmax" if a.func == "last" else "tmin"), kind, scale)
             if src.spec.time:
                 return Val(src.column(a, a.func), kind, scale)
             return Val(src.column(a, "max" if a.func == "last" else "min"), kind, scale)
