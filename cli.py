@@ -582,8 +582,10 @@ def sync_wecom_cmd(dry_run, prune, restart, config_path):
               help="Refuse requests whose timestamp is further than this many seconds from the server clock.")
 @click.option("--max-body", type=click.IntRange(min=256), default=64 * 1024, show_default=True,
               help="Largest accepted request body, in bytes.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes sharing the port (PostgreSQL/MySQL only; SQLite has one writer).")
 @handle_errors
-def serve(host, port, config_path, db_url, rules_paths, replay_window, max_body):
+def serve(host, port, config_path, db_url, rules_paths, replay_window, max_body, workers):
     """Receive WeChat official-account pushes at /wechat: store each event, re-tag its follower at once.
 
     Token and EncodingAESKey come from the variables named by [wechat_mp] token_env and aes_key_env,
@@ -597,7 +599,7 @@ def serve(host, port, config_path, db_url, rules_paths, replay_window, max_body)
     ruleset = load_ruleset(list(rules_paths) or config.ruleset_paths(), config)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     server = make_server(config, ruleset, db_url or config.database_url, host=host, port=port,
-                         replay_window=replay_window, max_body=max_body)
+                         replay_window=replay_window, max_body=max_body, workers=workers)
     click.echo(f"listening on http://{host}:{server.port}/wechat", err=True)
     try:
         server.serve_forever()

@@ -1,17 +1,30 @@
 """WeChat official-account pushes -> store rows, deduplication, and the
 incremental re-evaluation of one follower's tags.
 
-One accepted push is handled in **one transaction**:
+Pushes are handled by one writer thread per server process, which takes every
+push waiting and handles them in **one transaction** (group commit), in
+rounds of distinct followers (a follower's pushes in arrival order). For each
+push:
 
-1. its deduplication key goes into ``{p}serve_seen`` (primary key: a retried
-   push fails there and changes nothing else);
-2. the follower row is created or updated (subscribe / unsubscribe);
+1. a push whose deduplication key is in ``{p}serve_seen`` (or earlier in the
+   batch) is a duplicate: it changes nothing and gets the first delivery's
+   answer (its reply is recomputed from the tags that delivery added);
+2. the follower row is read (locked on PostgreSQL/MySQL), then created or
+   updated (subscribe / unsubscribe);
 3. the push becomes a row of the events source (``type``, ``key``, time);
 4. the follower's tags that the push can change are re-evaluated with the
    in-memory evaluator, and the difference with the stored rule memberships
    is written exactly as ``Engine.apply`` writes it: memberships with source
    ``rule``, a run row (status ``event``), change rows, limit drops and the
-   expiry state.
+   expiry state;
+5. its deduplication key goes into ``{p}serve_seen`` with its run (primary
+   key: a retry being handled by another server process at the same time
+   fails there, the batch is rolled back and retried push by push).
+
+Every step is one statement for the whole round (on PostgreSQL the
+independent ones share a pipeline: one round trip), and a push is answered
+only after the commit. If anything fails, the batch is rolled back and each
+push is retried in a transaction of its own, so a bad push fails alone.
 
 The sync is state-based (it plans from the stored memberships), so a
 committed membership is what "queued for sync" means: the next ``tagdsl sync``
@@ -32,9 +45,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import queue
 import threading
-import time
 from typing import Callable, Iterable, Mapping, Optional
 
 import sqlalchemy as sa
@@ -42,7 +55,7 @@ from sqlalchemy import BigInteger, Column, DateTime, Index, MetaData, String, Ta
 
 from tagdsl import TagDSLError
 from tagdsl import ir as I
-from tagdsl.compile.python import compile_python
+from tagdsl.compile.python import compile_python, normalize_value
 from tagdsl.config import Config
 from tagdsl.schema import ID_LENGTH, MYSQL_TABLE_ARGS, STRING_LENGTH, Tables, build_tables
 
@@ -59,6 +72,9 @@ KNOWN_TYPES = ("subscribe", "unsubscribe", "scan", "menu_click", "menu_view", "t
 # acknowledged but not stored.
 NOT_INTERACTIONS = ("templatesendjobfinish", "masssendjobfinish", "subscribe_msg_sent_event")
 QR_PREFIX = "qrscene_"
+# The columns of an event run row, in the order the server writes them.
+RUN_COLUMNS = ("id", "started_at", "finished_at", "as_of", "ruleset_hash", "status", "followers", "added", "removed",
+               "dropped", "counts")
 QR_SCENE = "ADD_SCENE_QR_CODE"
 
 
@@ -318,7 +334,7 @@ def restricted_ruleset(ruleset: I.Ruleset, names: Iterable[str]) -> I.Ruleset:
     return I.Ruleset(tags, groups, {}, list(ruleset.files), ruleset.source_hash)
 
 
-# -- processing one push -------------------------------------------------------------------------
+# -- processing pushes ---------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Outcome:
@@ -330,12 +346,17 @@ class Outcome:
     removed: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (tag, reason)
     dropped: list[str] = dataclasses.field(default_factory=list)
     evaluated: int = 0  # rules re-evaluated
+    reply: Optional[str] = None  # passive reply text (the gained tag with a `reply`), also for a duplicate
 
 
 class _Evaluator:
     def __init__(self, ruleset: I.Ruleset, names: frozenset[str], config: Config):
         self.names = names
-        self.evaluator = compile_python(restricted_ruleset(ruleset, names), config) if names else None
+        restricted = restricted_ruleset(ruleset, names)
+        self.evaluator = compile_python(restricted, config) if names else None
+        # Only these sources are read for the follower (the others stay empty).
+        self.sources = frozenset(n.source for r in restricted.computed for n in I.walk(r.condition)
+                                 if isinstance(n, I.Aggregate)) if names else frozenset()
 
     def holding(self, follower, as_of) -> set[str]:
         if self.evaluator is None:
@@ -343,8 +364,28 @@ class _Evaluator:
         return self.evaluator.tags(follower, as_of) & self.names
 
 
+@dataclasses.dataclass
+class _Pending:
+    push: Push
+    row: EventRow
+    key: str
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    result: Optional[Outcome] = None
+    error: Optional[BaseException] = None
+    on_done: Optional[Callable[["_Pending"], None]] = None  # called in the writer thread once answered
+
+
 class EventProcessor:
     """Stores pushes and re-evaluates the follower's tags (see the module docstring).
+
+    One writer thread owns the database work: it takes every push waiting (at
+    most ``max_batch``) and handles them in **one transaction** (group commit:
+    one commit, and one statement per step for the whole batch instead of one
+    per push). A push is answered only after the commit that holds it, so an
+    acknowledged push is durable. Pushes of the same follower within a batch
+    are handled in order, in successive rounds. If anything fails, the batch is
+    rolled back and each push is retried in a transaction of its own, so a bad
+    push fails alone.
 
     ``clock`` returns the current instant (aware); the as-of instant of a
     re-evaluation is that, in the project time zone, to whole seconds, and
@@ -353,7 +394,7 @@ class EventProcessor:
     """
 
     def __init__(self, config: Config, ruleset: I.Ruleset, db: sa.Engine, *, tables: Tables | None = None,
-                 clock: Callable[[], dt.datetime] | None = None, lock_timeout: float = 10.0):
+                 clock: Callable[[], dt.datetime] | None = None, lock_timeout: float = 10.0, max_batch: int = 128):
         self.config = config
         self.ruleset = ruleset
         self.db = db
@@ -361,6 +402,7 @@ class EventProcessor:
         self.seen = build_seen_table(config.database.table_prefix, self.tables.metadata)
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.lock_timeout = lock_timeout
+        self.max_batch = max_batch
         name = config.wechat_mp.events_source
         src = config.sources.get(name)
         if src is None:
@@ -381,13 +423,25 @@ class EventProcessor:
         self.follower_id = config.followers.id
         self.deps = Dependencies(ruleset, config)
         self.priorities = {r.name: r.priority for r in ruleset.computed}
+        self.file_order = {name: i for i, name in enumerate(ruleset.tags)}
+        self.replies = {r.name: r.reply for r in ruleset.computed if getattr(r, "reply", None)}
         self._evaluators: dict[tuple, _Evaluator] = {}
         self._evaluators_lock = threading.Lock()
         for t in KNOWN_TYPES:  # precomputed; other types on first sight
             self.evaluator_for(t, False)
         self.evaluator_for(None, True)
         self._shared_lock_key: Optional[int] = None
-        self._group_commit = _GroupCommit(self) if db.dialect.name == "sqlite" else None
+        self._connection: Optional[sa.Connection] = None
+        self._cursor = None  # the DBAPI cursor of the writer's transaction
+        self._pg = None  # the psycopg connection of the writer's transaction (pipelines)
+        self._dbapi_errors = getattr(db.dialect.dbapi, "Error", ())
+        self.dialect_name = db.dialect.name
+        self.tz = config.tz
+        self._prepare_statements()
+        self._queue: "queue.Queue[_Pending]" = queue.Queue()
+        # Started on the first push, so a server can fork its worker processes before any thread exists.
+        self._writer: Optional[threading.Thread] = None
+        self._writer_lock = threading.Lock()
 
     # -- setup ---------------------------------------------------------------------------------
     def ensure_tables(self) -> None:
@@ -399,10 +453,214 @@ class EventProcessor:
         with store.db_errors(self.db.url, "preparing the store"):
             store.ensure_engine_tables(self.db, self.tables)
             self.seen.create(self.db, checkfirst=True)
+            self.runs_by_status.create(self.db, checkfirst=True)
+            if self.db.dialect.name == "sqlite" and store.sqlite_path(self.db.url) is not None:
+                # Write-ahead log: a commit appends to one file with one fsync
+                # (instead of journal + database + journal deletion), and readers
+                # (preview, export) do not block the server. Persistent for the file.
+                raw = self.db.raw_connection()  # outside a transaction (the mode cannot change inside one)
+                try:
+                    raw.cursor().execute("PRAGMA journal_mode = WAL")
+                finally:
+                    raw.close()
             helper = Engine(self.config, str(self.db.url))
             helper.tables = self.tables
             with self.db.begin() as conn:
                 helper._upsert_definitions(conn, self.ruleset)
+
+    def _prepare_statements(self) -> None:
+        """What is read of each table (DSL name -> column, type, scale), and the
+        SQLAlchemy statements of the rarer steps (built once: their compiled form is cached)."""
+        T, cfg = self.tables, self.config
+        spec_of = lambda name, spec: (spec.column or name, I.TYPES[spec.type.value], spec.scale)  # noqa: E731
+        self.follower_wanted = {name: spec_of(name, spec) for name, spec in cfg.followers.fields.items()}
+        self.source_wanted: dict[str, dict] = {}
+        for sname, src in cfg.sources.items():
+            wanted = {name: spec_of(name, spec) for name, spec in src.fields.items()}
+            if src.time and src.time not in wanted:
+                wanted[src.time] = (src.time, I.DATETIME, None)
+            self.source_wanted[sname] = wanted
+        m, e, s, c = T.memberships, T.expirations, self.seen, T.changes
+        self.q_seen = select(s.c.dedupe_key, s.c.run_id).where(s.c.dedupe_key.in_(sa.bindparam("keys", expanding=True)))
+        self.q_gained = (select(c.c.run_id, c.c.openid, c.c.tag)
+                         .where(c.c.run_id.in_(sa.bindparam("runs", expanding=True)), c.c.action == "added"))
+        # The last apply is looked up for every batch while the runs table grows by a
+        # run per changing push: the server's own index keeps that lookup O(log n).
+        self.runs_by_status = Index(f"ix_{T.prefix}runs_status", T.runs.c.status, T.runs.c.id)
+        self.s_expiry_lift = delete(e).where(e.c.openid == sa.bindparam("b_openid"), e.c.tag == sa.bindparam("b_tag"))
+        self.s_expiry_insert = insert(e)
+        self.s_run = insert(T.runs)
+        self._prepare_driver_sql()
+
+    def _prepare_driver_sql(self) -> None:
+        """The statements run for every push, as driver SQL on the DBAPI cursor: SQLAlchemy's
+        per-statement work (cache lookup, parameter processing, result wrapping) cost
+        more than the statements themselves. Identifiers are quoted by the dialect;
+        values are bound (``?`` for sqlite3, ``%s`` for psycopg and PyMySQL); times
+        are written as SQLAlchemy writes them.
+
+        Every statement keeps few texts whatever the batch size, so prepared
+        statements are reused (preparing the union queries cost more than
+        running them): on PostgreSQL a list of values is ``= ANY(%s)`` with an
+        array and many rows are one ``unnest`` of arrays (psycopg prepares a
+        text it sees often); elsewhere a list is ``IN (?, ?, ...)`` padded to a
+        power of two (the value repeated; sqlite3 caches 128 statements) and
+        rows are written with executemany (one prepared statement; PyMySQL
+        turns an insert into multi-row VALUES)."""
+        T, cfg, dialect = self.tables, self.config, self.db.dialect
+        q = dialect.identifier_preparer.quote
+        self._q = q
+        self.arrays = dialect.name == "postgresql" and dialect.driver == "psycopg"
+        ph = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._ph = ph
+        self._marks: dict[int, str] = {}
+        if dialect.name == "sqlite":
+            # SQLAlchemy's SQLite DateTime storage format (text, always with microseconds).
+            self._db_time = lambda v: None if v is None else v.strftime("%Y-%m-%d %H:%M:%S.%f")
+        else:
+            self._db_time = lambda v: v
+        f = cfg.followers
+        s, m, e, d, c, r = self.seen, T.memberships, T.expirations, T.drops, T.changes, T.runs
+        self.follower_columns = list(dict.fromkeys([f.id, *(col for col, _, _ in self.follower_wanted.values())]))
+        lock = "" if dialect.name == "sqlite" else f" ORDER BY {q(f.id)} FOR UPDATE"
+        # {0}, {1}: "IN (...)" or "= ANY(%s)" (see _where).
+        self.sql_follower_rows = (f"SELECT {', '.join(map(q, self.follower_columns))} FROM {q(f.table)} "
+                                  f"WHERE {q(f.id)} {{0}}{lock}")
+        self.source_columns: dict[str, list[str]] = {}
+        self.sql_source_rows: dict[str, str] = {}
+        for sname, src in cfg.sources.items():
+            cols = list(dict.fromkeys([src.follower, *(col for col, _, _ in self.source_wanted[sname].values())]))
+            self.source_columns[sname] = cols
+            self.sql_source_rows[sname] = (f"SELECT {', '.join(map(q, cols))} FROM {q(src.table)} "
+                                           f"WHERE {q(src.follower)} {{0}}")
+        self.sql_seen = f"SELECT {q('dedupe_key')}, {q('run_id')} FROM {q(s.name)} WHERE {q('dedupe_key')} {{0}}"
+        # Memberships and expiry blocks in one statement (a block comes as source '#expired').
+        self.sql_memberships = (f"SELECT {q('openid')}, {q('tag')}, {q('source')}, {q('assigned_at')} FROM {q(m.name)} "
+                                f"WHERE {q('openid')} {{0}} UNION ALL SELECT {q('openid')}, {q('tag')}, "
+                                f"'#expired', NULL FROM {q(e.name)} WHERE {q('openid')} {{1}}")
+        # Each follower's last event run, and the last apply (as openid '').
+        self.sql_last_runs = (f"SELECT {q('openid')}, MAX({q('run_id')}) FROM {q(s.name)} WHERE {q('openid')} {{0}} "
+                              f"GROUP BY {q('openid')} UNION ALL SELECT '', MAX({q('id')}) FROM {q(r.name)} "
+                              f"WHERE {q('status')} = 'ok'")
+        self.sql_drops = (f"SELECT {q('run_id')}, {q('openid')}, {q('tag')} FROM {q(d.name)} "
+                          f"WHERE {q('openid')} {{0}} AND {q('run_id')} {{1}}")
+        # PostgreSQL: the drops of each follower's last evaluation in one statement (no second round trip).
+        self.sql_last_drops = (
+            f"SELECT x.{q('openid')}, x.{q('tag')} FROM {q(d.name)} AS x JOIN (SELECT u.o, GREATEST("
+            f"(SELECT COALESCE(MAX({q('id')}), 0) FROM {q(r.name)} WHERE {q('status')} = 'ok'), "
+            f"COALESCE((SELECT MAX(y.{q('run_id')}) FROM {q(s.name)} AS y WHERE y.{q('openid')} = u.o), 0)) AS r "
+            f"FROM unnest(%s::text[]) AS u(o)) AS l ON x.{q('openid')} = l.o AND x.{q('run_id')} = l.r")
+        # Inserts: table, [(column, PostgreSQL array type or a constant SQL literal)].
+        src = cfg.sources[self.events_source]
+        text, stamp, number = "text[]", "timestamp[]", "bigint[]"
+        self.ins_seen = self._insert_sql(s.name, [("dedupe_key", text), ("openid", text), ("received_at", stamp),
+                                                  ("run_id", number)])
+        self.ins_event = self._insert_sql(src.table, [(src.follower, text), (self.time_column, stamp),
+                                                      (self.type_column, text), (self.key_column, text)])
+        self.ins_member = self._insert_sql(m.name, [("openid", text), ("tag", text), ("source", "'rule'"),
+                                                    ("assigned_at", stamp), ("run_id", number)])
+        self.ins_changes = self._insert_sql(c.name, [("run_id", number), ("openid", text), ("tag", text),
+                                                     ("action", text), ("reason", text)])
+        self.ins_drops = self._insert_sql(d.name, [("run_id", number), ("openid", text), ("tag", text),
+                                                   ("priority", number)])
+        self.ins_runs = self._insert_sql(r.name, [(col, stamp if col.endswith("_at") or col == "as_of" else
+                                                   text if col in ("ruleset_hash", "status") else
+                                                   "json" if col == "counts" else number) for col in RUN_COLUMNS])
+        # Memberships removed: one statement with arrays, else executemany.
+        if self.arrays:
+            self.sql_member_delete = (f"DELETE FROM {q(m.name)} AS x USING unnest(%s::text[], %s::text[]) AS u(a0, a1) "
+                                      f"WHERE x.{q('source')} = 'rule' AND x.{q('openid')} = u.a0 "
+                                      f"AND x.{q('tag')} = u.a1")
+        else:
+            self.sql_member_delete = (f"DELETE FROM {q(m.name)} WHERE {q('source')} = 'rule' AND {q('openid')} = {ph} "
+                                      f"AND {q('tag')} = {ph}")
+        # Run ids taken before the runs are written, so the run rows go with the other writes:
+        # PostgreSQL from the column's sequence; SQLite after the largest (the writer holds the
+        # write lock). MySQL inserts run by run (lastrowid).
+        self.sql_run_ids = None
+        if dialect.name == "sqlite":
+            self.sql_run_ids = f"SELECT MAX({q('id')}) FROM {q(r.name)}"
+        elif dialect.name == "postgresql":
+            self.sql_run_ids = "SELECT nextval(%s) FROM generate_series(1, %s)"
+        self._runs_sequence: Optional[str] = None
+
+    def _insert_sql(self, table: str, columns: list[tuple[str, str]]) -> tuple[str, str]:
+        """(statement head, one row) of a multi-row insert; with arrays, (the whole statement, "")."""
+        q = self._q
+        names = ", ".join(q(name) for name, _ in columns)
+        bound = [(name, kind) for name, kind in columns if not kind.startswith("'")]
+        if self.arrays:
+            arrays = ", ".join("%s::text[]" if kind == "json" else f"%s::{kind}" for _, kind in bound)
+            aliases = iter(range(len(bound)))
+            picked = ", ".join(kind if kind.startswith("'") else
+                               f"CAST(u.a{next(aliases)} AS json)" if kind == "json" else f"u.a{next(aliases)}"
+                               for _, kind in columns)
+            return (f"INSERT INTO {q(table)} ({names}) SELECT {picked} FROM unnest({arrays}) AS "
+                    f"u({', '.join(f'a{i}' for i in range(len(bound)))})", "")
+        one = ", ".join(kind if kind.startswith("'") else self._ph for _, kind in columns)
+        return f"INSERT INTO {q(table)} ({names}) VALUES ", f"({one})"
+
+    def _in(self, n: int) -> str:
+        marks = self._marks.get(n)
+        if marks is None:
+            marks = self._marks[n] = ", ".join([self._ph] * n)
+        return marks
+
+    def _where(self, template: str, *lists: list) -> tuple[str, list]:
+        """``template`` with ``{0}``, ``{1}``… as conditions on those lists of values, and its parameters."""
+        if self.arrays:
+            return template.format(*["= ANY(%s)"] * len(lists)), list(lists)
+        padded = [values + [values[-1]] * ((1 << (len(values) - 1).bit_length()) - len(values)) if values else values
+                  for values in map(list, lists)]
+        return template.format(*(f"IN ({self._in(len(values))})" for values in padded)), [v for vs in padded for v in vs]
+
+    def _values(self, template: tuple[str, str], rows: list[tuple]) -> list[tuple[str, list, bool]]:
+        """Steps inserting ``rows``: one ``unnest`` of arrays, or executemany."""
+        if not rows:
+            return []
+        head, one = template
+        if self.arrays:
+            return [(head, [list(column) for column in zip(*rows)], False)]
+        return [(head + one, rows, True)]
+
+    def _fetch(self, sql: str, params: list) -> list[tuple]:
+        return self._statements([(sql, params, False)])[0]
+
+    def _statements(self, steps: list[tuple[str, object, bool]], commit: bool = False) -> list[Optional[list[tuple]]]:
+        """Run ``(sql, params, many)`` steps in order (``many``: executemany over a list
+        of rows, skipped when empty) and return the rows of the others. On
+        PostgreSQL they go through one pipeline: one round trip for all of them,
+        and ``commit`` sends the commit in it too."""
+        pg = self._pg
+        if pg is None:
+            cur, out = self._cursor, []
+            for sql, params, many in steps:
+                if many:
+                    if params:
+                        cur.executemany(sql, params)
+                    out.append(None)
+                else:
+                    cur.execute(sql, params)
+                    out.append(cur.fetchall() if cur.description is not None else [])
+            return out
+        cursors = []
+        with pg.pipeline() as pipeline:
+            for sql, params, many in steps:
+                if many and not params:
+                    cursors.append(None)
+                    continue
+                cur = pg.cursor()
+                if many:
+                    cur.executemany(sql, params)
+                else:
+                    cur.execute(sql, params)
+                cursors.append(None if many else cur)
+            if commit:
+                pg.commit()
+            pipeline.sync()
+            out = [None if cur is None else cur.fetchall() if cur.description is not None else []
+                   for cur in cursors]
+        return out
 
     def evaluator_for(self, event_type: Optional[str], new_follower: bool) -> _Evaluator:
         fields = FIELDS_WRITTEN.get(event_type or "", ())
@@ -419,147 +677,487 @@ class EventProcessor:
     def affected(self, event_type: Optional[str], new_follower: bool = False) -> frozenset[str]:
         return self.evaluator_for(event_type, new_follower).names
 
-    # -- one push --------------------------------------------------------------------------------
+    def reply_for(self, gained: Iterable[str]) -> Optional[str]:
+        """The reply of the gained tag with the highest priority (then the first in file order), if any has one."""
+        with_reply = [t for t in gained if t in self.replies]
+        if not with_reply:
+            return None
+        return self.replies[min(with_reply, key=lambda t: (-self.priorities[t], self.file_order[t]))]
+
+    # -- the entry points ---------------------------------------------------------------------------
     def process(self, push: Push) -> Outcome:
-        """Store ``push`` and re-evaluate its follower, in one transaction; a push
-        seen before changes nothing (``Outcome.duplicate``)."""
-        row = event_row(push, self.config.tz)
-        if row is None:
+        """Store ``push`` and re-evaluate its follower (group-committed; blocks until
+        committed); a push seen before changes nothing (``Outcome.duplicate``)."""
+        item = self.submit(push)
+        if item is None:
             return Outcome()
-        key = push.dedupe_key
-        if self.db.dialect.name == "sqlite":
-            return self._group_commit.submit(push, row, key)
-        with store.db_errors(self.db.url, "storing the push"):
-            with self.db.connect() as probe:  # cheap early answer for retries
-                if probe.execute(select(self.seen.c.dedupe_key).where(self.seen.c.dedupe_key == key)).first():
-                    return Outcome(duplicate=True)
-            conn = store.write_connection(self.db, self.lock_timeout)
-            try:
+        item.done.wait()
+        return self.result(item)
+
+    def submit(self, push: Push, on_done: Optional[Callable[[_Pending], None]] = None) -> Optional[_Pending]:
+        """Queue ``push`` for the writer without waiting; ``on_done(item)`` is called
+        (in the writer thread) once it is committed or has failed; read it with
+        :meth:`result`. None for a push that is acknowledged but not stored
+        (then ``on_done`` is not called)."""
+        row = event_row(push, self.tz)
+        if row is None:
+            return None
+        item = _Pending(push, row, push.dedupe_key, on_done=on_done)
+        if self._writer is None:
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._run, name="tagdsl-serve-writer", daemon=True)
+                    self._writer.start()
+        self._queue.put(item)
+        return item
+
+    def result(self, item: _Pending) -> Outcome:
+        """The outcome of a submitted push once answered; a failure is a TagDSLError (one line)."""
+        error = item.error
+        if error is not None:
+            if isinstance(error, TagDSLError):
+                raise error
+            url = self.db.url
+            if isinstance(error, self._dbapi_errors):  # raised on the raw cursor
+                raise store.StoreError(f"storing the push failed on {store.redact_url(url)}: "
+                                       f"{store.db_message(error, url)}") from None
+            with store.db_errors(url, "storing the push"):
+                raise error
+        assert item.result is not None
+        return item.result
+
+    # -- the writer ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the writer once the pushes queued so far are answered, and release its connection."""
+        if self._writer is not None and self._writer.is_alive():
+            self._queue.put(None)  # type: ignore[arg-type]
+            self._writer.join(30)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
                 try:
-                    outcome = self._process(conn, push, row, key)
-                except sa.exc.IntegrityError:
-                    # A concurrent retry of the same push committed first.
-                    conn.rollback()
-                    if conn.execute(select(self.seen.c.dedupe_key).where(self.seen.c.dedupe_key == key)).first():
-                        conn.rollback()
-                        return Outcome(duplicate=True)
-                    raise
-                conn.commit()
-                return outcome
-            finally:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            try:
+                self._commit_batch(batch)
+            except BaseException as exc:  # pragma: no cover - _commit_batch answers every item itself
+                for item in batch:
+                    if item.result is None and item.error is None:
+                        item.error = exc
+            for item in batch:
+                item.done.set()
+                if item.on_done is not None:
+                    try:
+                        item.on_done(item)
+                    except Exception:  # pragma: no cover - a closed connection; the push is committed
+                        pass
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        try:
+            self._transaction(batch)
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                self._answer_failure(batch[0], exc)
+                return
+        # Something in the batch failed and nothing of it was committed: each push alone.
+        for item in batch:
+            item.result = item.error = None
+            try:
+                self._transaction([item])
+            except Exception as exc:
+                self._answer_failure(item, exc)
+
+    def _answer_failure(self, item: _Pending, exc: Exception) -> None:
+        item.result = None
+        if isinstance(exc, (sa.exc.IntegrityError, getattr(self.db.dialect.dbapi, "IntegrityError", ()))):
+            # A concurrent retry of the same push (another server process) committed first.
+            try:
+                with self.db.connect() as conn:
+                    found = conn.execute(self.q_seen, {"keys": [item.key]}).first()
+                    if found is not None:
+                        item.result = self._duplicates(conn, [(item, found[1])])[0]
+                        item.error = None
+                        return
+            except Exception:  # pragma: no cover - the database went away
+                pass
+        item.error = exc
+
+    def _transaction(self, batch: list[_Pending]) -> None:
+        """The batch in one transaction, in rounds of distinct followers (a
+        follower's pushes in arrival order); commits, or raises with nothing committed."""
+        rounds: list[list[_Pending]] = []
+        depth: dict[str, int] = {}
+        for item in batch:
+            n = depth.get(item.push.openid, 0)
+            depth[item.push.openid] = n + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(item)
+        conn = self._writer_connection()
+        try:
+            # Begun by SQLAlchemy (BEGIN IMMEDIATE on SQLite) before any statement runs on the raw cursor.
+            conn.begin()
+            dbapi_connection = conn.connection.dbapi_connection
+            self._cursor = dbapi_connection.cursor()
+            steps = []
+            if conn.dialect.name == "postgresql":
+                self._pg = dbapi_connection if hasattr(dbapi_connection, "pipeline") else None
+                # Shared with other pushes, exclusive with `apply` (which takes the same key exclusively).
+                if self._shared_lock_key is None:
+                    lk = store.lock_key(conn, self.tables.prefix)
+                    self._shared_lock_key = int.from_bytes(hashlib.sha256(lk.encode()).digest()[:8], "big",
+                                                           signed=True)
+                steps = [(f"SET LOCAL lock_timeout = '{int(self.lock_timeout * 1000)}ms'", None, False),
+                         ("SELECT pg_advisory_xact_lock_shared(%s)", [self._shared_lock_key], False)]
+            # Which pushes were seen before, for the whole batch at once; the rounds add theirs.
+            seen = dict(self._statements(steps + [(*self._where(self.sql_seen, [it.key for it in batch]), False)])[-1])
+            for n, items in enumerate(rounds):
+                self._round(conn, items, seen, last=n == len(rounds) - 1)
+            self._cursor.close()
+            self._cursor = self._pg = None
+            conn.commit()  # nothing left to send when the last pipeline carried the commit
+        except BaseException:
+            self._cursor = self._pg = None
+            for item in batch:
+                item.result = None
+            # The connection may be broken (the database restarted): a new one next time.
+            self._connection = None
+            try:
                 if conn.in_transaction():
                     conn.rollback()
                 conn.close()
+            except Exception:  # pragma: no cover - already broken
+                pass
+            raise
+
+    def _runs_sequence_name(self, conn) -> Optional[str]:
+        """PostgreSQL: the sequence of the runs table's id (None: there is none; runs are inserted one by one)."""
+        if self._runs_sequence is None:
+            q = self.db.dialect.identifier_preparer.quote
+            found = self._fetch("SELECT pg_get_serial_sequence(%s, 'id')", [q(self.tables.runs.name)])
+            self._runs_sequence = (found[0][0] if found else None) or ""
+        return self._runs_sequence or None
+
+    def _writer_connection(self) -> sa.Connection:
+        """The writer thread's connection, kept between batches (its page cache stays warm)."""
+        if self._connection is None:
+            conn = store.write_connection(self.db, self.lock_timeout)
+            if conn.dialect.name == "mysql":
+                # Each statement sees what other server processes committed: under REPEATABLE READ
+                # the reads after waiting for a follower's row lock would still show the
+                # snapshot taken before it (and the same membership would be added twice).
+                conn.execution_options(isolation_level="READ COMMITTED")
+            if conn.dialect.name == "sqlite":
+                # A push reads and writes a random follower's rows in several tables
+                # and indexes: a larger page cache than SQLite's default 2 MB, and
+                # the file memory-mapped (reads without a system call per page).
+                conn.exec_driver_sql("PRAGMA cache_size = -65536")
+                conn.exec_driver_sql("PRAGMA mmap_size = 1073741824")
+                conn.commit()
+            self._connection = conn
+        return self._connection
 
     def _now(self) -> dt.datetime:
-        return self.clock().astimezone(self.config.tz).replace(tzinfo=None)
+        return self.clock().astimezone(self.tz).replace(tzinfo=None)
 
-    def _process(self, conn: sa.Connection, push: Push, row: EventRow, key: str) -> Outcome:
-        T, cfg = self.tables, self.config
-        dialect = conn.dialect.name
+    def _duplicates(self, conn, found: list[tuple[_Pending, Optional[int]]]) -> list[Outcome]:
+        """Outcomes of pushes seen before: nothing changes; the reply is the one the
+        first delivery got (recomputed from that push's run: the tags it added)."""
+        runs = sorted({r for _, r in found if r is not None})
+        gained: dict[tuple[int, str], list[str]] = {}
+        if runs and self.replies:
+            for run_id, openid, tag in conn.execute(self.q_gained, {"runs": runs}):
+                gained.setdefault((run_id, openid), []).append(tag)
+        return [Outcome(duplicate=True, run_id=r,
+                        reply=self.reply_for(gained.get((r, item.push.openid), ())) if r is not None else None)
+                for item, r in found]
+
+    def _round(self, conn: sa.Connection, items: list[_Pending], seen: dict[str, Optional[int]], last: bool) -> None:
+        """Pushes of distinct followers: dedupe (``seen``: the keys stored, with their
+        runs; this round's are added), follower rows, event rows, re-evaluation.
+        ``last``: the last round of the transaction (on PostgreSQL its writes carry the commit)."""
+        cfg = self.config
         received = self._now()
-        as_of = max(received.replace(microsecond=0), row.occurred_at)
-        if dialect == "postgresql":
-            # Shared with other pushes, exclusive with `apply` (which takes the same key exclusively).
-            if self._shared_lock_key is None:
-                lk = store.lock_key(conn, T.prefix)
-                self._shared_lock_key = int.from_bytes(hashlib.sha256(lk.encode()).digest()[:8], "big", signed=True)
-            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(self.lock_timeout * 1000)}ms'")
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": self._shared_lock_key})
-        # 1. The deduplication key (a retry fails here: IntegrityError).
-        conn.execute(insert(self.seen).values(dedupe_key=key, openid=push.openid, received_at=received))
-        # 2. The follower (locked for the rest of the transaction: one push per follower at a time).
-        f = T.followers
+        live: list[_Pending] = []
+        known: list[tuple[_Pending, Optional[int]]] = []
+        keys: set[str] = set()
+        for it in items:
+            if it.key in seen:
+                known.append((it, seen[it.key]))
+            elif it.key in keys:  # the same MsgId from two followers: the second is a duplicate
+                known.append((it, None))
+            else:
+                keys.add(it.key)
+                live.append(it)
+        if known:
+            for (it, _), outcome in zip(known, self._duplicates(conn, known)):
+                it.result = outcome
+        if not live:
+            return
+        # 1. The followers: read (and locked for the transaction on PostgreSQL/MySQL), then created or
+        # updated below; what is written is applied to the fields read. 2. The event rows.
+        ids = sorted({it.push.openid for it in live})
+        steps = [(*self._where(self.sql_follower_rows, ids), False)]
+        steps += self._values(self.ins_event, [(it.push.openid, self._db_time(it.row.occurred_at), it.row.type,
+                                                it.row.key) for it in live])
+        follower_rows = self._statements(steps)[0]
+        fields = self._follower_fields(follower_rows)
+        f = self.tables.followers
         fid = f.c[self.follower_id]
-        values = {cfg.followers.fields[n].column or n: v for n, v in follower_changes(push, row, cfg).items()}
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
+        inserts: dict[tuple, list[dict]] = {}
+        updates: dict[tuple, list[dict]] = {}
+        created_ids: list[str] = []
+        for it in live:
+            changes = follower_changes(it.push, it.row, cfg)
+            values = {cfg.followers.fields[n].column or n: v for n, v in changes.items()}
+            current = fields.get(it.push.openid)
+            if current is None:
+                created_ids.append(it.push.openid)
+                inserts.setdefault(tuple(values), []).append({self.follower_id: it.push.openid, **values})
+            elif values:
+                updates.setdefault(tuple(values), []).append({"b_id": it.push.openid, **{
+                    f"b_{c}": v for c, v in values.items()}})
+                for name, value in changes.items():
+                    _col, kind, scale = self.follower_wanted[name]
+                    current[name] = normalize_value(value, kind, self.tz, scale)
+        for columns, rows in inserts.items():
+            conn.execute(insert(f), rows)
+        for columns, rows in updates.items():
+            conn.execute(update(f).where(fid == sa.bindparam("b_id")).values(
+                {c: sa.bindparam(f"b_{c}") for c in columns}), rows)
+        if created_ids:  # read back: the table may give the columns not written defaults
+            fields.update(self._follower_fields(self._fetch(
+                *self._where(self.sql_follower_rows, created_ids))))
+        # 3. Re-evaluate what each push can change; write the differences.
+        work = []
+        created_set = set(created_ids)
+        for it in live:
+            created = it.push.openid in created_set
+            ev = self.evaluator_for(it.row.type, created)
+            it.result = Outcome(stored=True, new_follower=created, evaluated=len(ev.names))
+            if ev.names:
+                work.append((it, ev))
+        writes = self._reevaluate(conn, work, received, fields) if work else []
+        # 4. The deduplication keys, with the run of each push. A retry being handled by another
+        # server process at the same time fails here (IntegrityError: the batch is rolled back and
+        # retried push by push); in key order, so two processes wait for each other, never deadlock.
+        received_db = self._db_time(received)
+        writes += self._values(self.ins_seen, sorted((it.key, it.push.openid, received_db, it.result.run_id)
+                                                     for it in live))
+        self._statements(writes, commit=last)
+        seen.update((it.key, it.result.run_id) for it in live)
 
-            created = conn.execute(pg_insert(f).values({self.follower_id: push.openid, **values})
-                                   .on_conflict_do_nothing().returning(fid)).first() is not None
-        elif dialect == "mysql":
-            created = conn.execute(insert(f).prefix_with("IGNORE").values(
-                {self.follower_id: push.openid, **values})).rowcount == 1
+    def _reevaluate(self, conn: sa.Connection, work: list[tuple[_Pending, _Evaluator]], started_at: dt.datetime,
+                    fields: dict[str, dict]) -> list[tuple[str, list, bool]]:
+        """Apply's steps 2-5 (expiry, limit, diff, write) for each follower and the tags its evaluator covers;
+        the reads of every follower of the round at once. Returns the writes (steps for ``_statements``)."""
+        from tagdsl.compile.python import Follower
+
+        T, rs, cfg = self.tables, self.ruleset, self.config
+        ids = [it.push.openid for it, _ in work]
+        limit = cfg.limits_resolved.max_tags_per_follower
+        sources = sorted(frozenset().union(*(ev.sources for _, ev in work)))
+        # Every read of the round at once (one round trip on PostgreSQL).
+        run_ids_step = []
+        if self.sql_run_ids is not None and self.dialect_name == "sqlite":
+            run_ids_step = [(self.sql_run_ids, [], False)]
+        elif self.sql_run_ids is not None and self._runs_sequence_name(conn):
+            run_ids_step = [(self.sql_run_ids, [self._runs_sequence, len(work)], False)]
+        if limit is None:
+            last_step = []
+        elif self.arrays:
+            last_step = [(self.sql_last_drops, [ids], False)]
         else:
-            exists = conn.execute(select(fid).where(fid == push.openid)).first() is not None
-            created = not exists
-            if created:
-                conn.execute(insert(f).values({self.follower_id: push.openid, **values}))
-        if not created:
-            if dialect != "sqlite":
-                conn.execute(select(fid).where(fid == push.openid).with_for_update())
-            if values:
-                conn.execute(update(f).where(fid == push.openid).values(values))
-        # 3. The event row.
-        conn.execute(insert(self.events_table).values({
-            self.config.sources[self.events_source].follower: push.openid, self.time_column: row.occurred_at,
-            self.type_column: row.type, self.key_column: row.key}))
-        # 4. Re-evaluate what the push can change; write the difference.
-        outcome = Outcome(stored=True, new_follower=created)
-        ev = self.evaluator_for(row.type, created)
-        outcome.evaluated = len(ev.names)
-        if ev.names:
-            self._reevaluate(conn, push.openid, ev, as_of, received, outcome)
-            if outcome.run_id is not None:
-                conn.execute(update(self.seen).where(self.seen.c.dedupe_key == key).values(run_id=outcome.run_id))
-        return outcome
+            last_step = [(*self._where(self.sql_last_runs, ids), False)]
+        found = self._statements([(*self._where(self.sql_source_rows[name], ids), False) for name in sources] + [
+            (*self._where(self.sql_memberships, ids, ids), False)] + last_step + run_ids_step)
+        if run_ids_step:
+            taken = found.pop()
+            if self.dialect_name == "sqlite":
+                first = (taken[0][0] or 0) + 1
+                run_id_pool = list(range(first, first + len(work)))
+            else:
+                run_id_pool = sorted(int(row[0]) for row in taken)
+        else:
+            run_id_pool = None
+        rows = self._source_rows(ids, dict(zip(sources, found)))
+        rule_stored: dict[str, dict[str, dt.datetime]] = {o: {} for o in ids}
+        protected: dict[str, set[str]] = {o: set() for o in ids}
+        held_any: dict[str, set[str]] = {o: set() for o in ids}
+        blocked_all: dict[str, set[str]] = {o: set() for o in ids}
+        for openid, tag, source, assigned in found[len(sources)]:
+            if source == "#expired":
+                blocked_all[openid].add(tag)
+                continue
+            held_any[openid].add(tag)
+            if source == "rule":
+                rule_stored[openid][tag] = normalize_value(assigned, I.DATETIME, self.tz)
+            else:
+                protected[openid].add(tag)
+        dropped_before: dict[str, set[str]] = {o: set() for o in ids}
+        if limit is not None and self.arrays:
+            for openid, tag in found[-1]:
+                dropped_before[openid].add(tag)
+        elif limit is not None:
+            dropped_before = self._dropped_before(ids, found[-1])
 
-    def _dropped_before(self, conn, openid: str) -> set[str]:
-        """The computed tags the per-follower limit held back from ``openid`` at its
+        plans = []
+        for it, ev in work:
+            openid = it.push.openid
+            follower = Follower(openid, fields[openid], rows[openid], frozenset(held_any[openid]))
+            as_of = max(started_at.replace(microsecond=0), it.row.occurred_at)
+            plan = self._diff(openid, ev, follower, as_of, rule_stored[openid], protected[openid],
+                              blocked_all[openid], dropped_before[openid], limit)
+            outcome = it.result
+            outcome.added, outcome.removed, outcome.dropped = plan.added, plan.removed, sorted(plan.drops)
+            outcome.reply = self.reply_for(plan.added)
+            if plan.changes:
+                plans.append((it, plan, as_of))
+            lift, newly = plan.lift, plan.newly
+            if lift:
+                conn.execute(self.s_expiry_lift, [dict(b_openid=openid, b_tag=t) for t in lift])
+            if newly:
+                conn.execute(self.s_expiry_insert, [dict(openid=openid, tag=t, assigned_at=rule_stored[openid][t],
+                                                         expired_at=as_of) for t in newly])
+        if not plans:
+            return []
+
+        # Write (step 5): a run per push that changed something.
+        finished = self._now()
+        run_rows = []
+        for it, plan, as_of in plans:
+            counts = {t: {"total": int(t in plan.held), "added": int(t in plan.added),
+                          "removed": int(t in plan.removed_names)}
+                      for t in sorted(set(plan.added) | set(plan.removed_names))}
+            run_rows.append(dict(started_at=started_at, finished_at=finished, as_of=as_of,
+                                 ruleset_hash=rs.source_hash or "", status="event", followers=1,
+                                 added=len(plan.added), removed=len(plan.removed), dropped=len(plan.drops),
+                                 counts=counts))
+        writes: list[tuple[str, list, bool]] = []
+        if run_id_pool is not None:
+            run_ids = run_id_pool[:len(run_rows)]
+            writes += self._values(self.ins_runs, [
+                (run_id, *(self._db_time(r[c]) if c.endswith("_at") or c == "as_of" else
+                           json.dumps(r[c]) if c == "counts" else r[c] for c in RUN_COLUMNS[1:]))
+                for run_id, r in zip(run_ids, run_rows)])
+        else:
+            run_ids = [int(conn.execute(self.s_run, r).inserted_primary_key[0]) for r in run_rows]
+        members_in, members_out, changes, drops = [], [], [], []
+        for (it, plan, as_of), run_id in zip(plans, run_ids):
+            openid = it.push.openid
+            it.result.run_id = run_id
+            assigned = self._db_time(as_of)
+            members_in += [(openid, t, assigned, run_id) for t in plan.added]
+            members_out += [(openid, t) for t in plan.removed_names]
+            changes += [(run_id, openid, t, "added", "rule") for t in plan.added]
+            changes += [(run_id, openid, t, "removed", r) for t, r in plan.removed]
+            drops += [(run_id, openid, t, p) for t, p in sorted(plan.drops.items())]
+        writes += self._values(self.ins_member, members_in)
+        if members_out and self.arrays:
+            writes.append((self.sql_member_delete, [list(column) for column in zip(*members_out)], False))
+        elif members_out:
+            writes.append((self.sql_member_delete, members_out, True))
+        writes += self._values(self.ins_changes, changes)
+        writes += self._values(self.ins_drops, drops)
+        return writes
+
+    def _normalised(self, table: str, openid: str, raw: Mapping, wanted: dict) -> dict:
+        """A row read raw, normalised as ``store.load_follower`` does (DSL names)."""
+        item = {}
+        tz = self.tz
+        for name, (col, kind, scale) in wanted.items():
+            try:
+                item[name] = normalize_value(raw[col], kind, tz, scale)
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                raise store.StoreError(f"cannot read `{table}.{col}` of follower `{openid}`: {raw[col]!r} is "
+                                       f"not a valid {kind} ({exc})") from None
+        return item
+
+    def _follower_fields(self, found: list[tuple]) -> dict[str, dict]:
+        """The fields of the follower rows read (``sql_follower_rows``), by follower id."""
+        f = self.config.followers
+        out = {}
+        names = self.follower_columns
+        for row in found:
+            raw = dict(zip(names, row))
+            openid = raw[f.id]
+            out[openid] = {f.id: openid, **self._normalised(f.table, openid, raw, self.follower_wanted)}
+        return out
+
+    def _source_rows(self, ids: list[str], found: dict[str, list[tuple]]) -> dict[str, dict[str, list]]:
+        """Per follower: its rows of the sources read (``found``: source -> rows of
+        ``sql_source_rows``); the other sources are left empty (the evaluators of
+        these pushes do not read them)."""
+        cfg = self.config
+        out = {o: {s: [] for s in cfg.sources} for o in ids}
+        for sname, source_rows in found.items():
+            src = cfg.sources[sname]
+            wanted = self.source_wanted[sname]
+            names = self.source_columns[sname]
+            for row in source_rows:
+                raw = dict(zip(names, row))
+                openid = raw[src.follower]
+                out[openid][sname].append(self._normalised(src.table, openid, raw, wanted))
+        return out
+
+    def _dropped_before(self, ids: list[str], last_runs: list[tuple]) -> dict[str, set[str]]:
+        """Per follower: the computed tags the per-follower limit held back at its
         last evaluation: the drops of the later of the last apply and the last
         event run that re-evaluated this follower (every such run that dropped
-        something, or changed something, has a run row)."""
-        T = self.tables
-        # Newest first: the scan stops at the last apply (runs has no index on status).
-        last_apply = conn.execute(select(T.runs.c.id).where(T.runs.c.status == "ok")
-                                  .order_by(T.runs.c.id.desc()).limit(1)).scalar()
-        last_event = conn.execute(select(sa.func.max(self.seen.c.run_id)).where(self.seen.c.openid == openid)).scalar()
-        last = max((r for r in (last_apply, last_event) if r is not None), default=None)
-        if last is None:
-            return set()
-        d = T.drops
-        return set(conn.execute(select(d.c.tag).where(d.c.run_id == last, d.c.openid == openid)).scalars())
+        something, or changed something, has a run row). ``last_runs``: the rows
+        of ``sql_last_runs``."""
+        found = {openid: run_id for openid, run_id in last_runs}
+        last_apply = found.get("")
+        last = {}
+        for o in ids:
+            event_run = found.get(o)
+            last[o] = last_apply if event_run is None or (last_apply is not None and last_apply > event_run) \
+                else event_run
+        out: dict[str, set[str]] = {o: set() for o in ids}
+        runs = sorted({r for r in last.values() if r is not None})
+        if runs:
+            for run_id, openid, tag in self._fetch(*self._where(self.sql_drops, ids, runs)):
+                if last.get(openid) == run_id:
+                    out[openid].add(tag)
+        return out
 
-    def _reevaluate(self, conn, openid: str, ev: _Evaluator, as_of: dt.datetime, started_at: dt.datetime,
-                    outcome: Outcome) -> None:
-        """Apply's steps 2-5 (expiry, limit, diff, write) for one follower and the tags ``ev`` covers."""
-        T, rs = self.tables, self.ruleset
-        m, e = T.memberships, T.expirations
-        follower = store.load_follower(conn, self.config, openid)
+    def _diff(self, openid: str, ev: _Evaluator, follower, as_of: dt.datetime, rule_stored: dict[str, dt.datetime],
+              protected: set[str], blocked_all: set[str], dropped_before: set[str], limit: Optional[int]) -> "_Plan":
+        """Apply's steps 2-4 for one follower: expiry, the per-follower limit and the difference."""
+        rs = self.ruleset
         scope = ev.names
         desired = ev.holding(follower, as_of)
-        rule_stored: dict[str, dt.datetime] = {}
-        protected: set[str] = set()
-        for tag, source, assigned in conn.execute(select(m.c.tag, m.c.source, m.c.assigned_at)
-                                                  .where(m.c.openid == openid)):
-            if source == "rule":
-                rule_stored[tag] = assigned
-            else:
-                protected.add(tag)
-        blocked = {tag for (tag,) in conn.execute(select(e.c.tag).where(e.c.openid == openid, e.c.tag.in_(scope)))}
-
+        blocked = {t for t in blocked_all if t in scope}
         # Expiry (apply step 2), for the tags in scope.
         expiring = {n: as_of - dt.timedelta(seconds=rs.tags[n].expires) for n in scope if rs.tags[n].expires}
 
         def aged(tag: str) -> bool:
             return tag in expiring and tag in rule_stored and rule_stored[tag] <= expiring[tag]
 
-        lift = [t for t in blocked if t not in expiring or t not in desired]
-        if lift:
-            conn.execute(delete(e).where(e.c.openid == openid, e.c.tag.in_(lift)))
+        lift = sorted(t for t in blocked if t not in expiring or t not in desired)
         blocked -= set(lift)
-        newly = [t for t in expiring if aged(t) and t in desired]
-        if newly:
-            conn.execute(insert(e), [dict(openid=openid, tag=t, assigned_at=rule_stored[t], expired_at=as_of)
-                                     for t in newly])
+        newly = sorted(t for t in expiring if aged(t) and t in desired)
         desired -= blocked | set(newly)
 
         # The per-follower limit (step 3): computed tags outside the scope count as stored.
-        limit = self.config.limits_resolved.max_tags_per_follower
         candidates = {t: self.priorities[t] for t in desired}
         outside = set(rule_stored)
         if limit is not None:
-            outside |= self._dropped_before(conn, openid)
+            outside |= dropped_before
         candidates.update({t: self.priorities[t] for t in outside if t in self.priorities and t not in scope})
         drops = dict(limit_drops(candidates, protected, limit))
         desired -= set(drops)
@@ -570,104 +1168,20 @@ class EventProcessor:
         added = sorted(t for t in held if t not in rule_stored)
         removed = sorted(t for t in rule_stored if (t in scope and t not in desired) or t in drops)
         reasons = {t: "expired" if aged(t) else "limit" if t in drops else "rule" for t in removed}
-        outcome.added, outcome.removed = added, [(t, reasons[t]) for t in removed]
-        outcome.dropped = sorted(drops)
-        if not (added or removed or drops):
-            return
-
-        # Write (step 5), with a run of its own.
-        finished = self._now()
-        counts = {t: {"total": int(t in held),
-                      "added": int(t in added), "removed": int(t in removed)} for t in sorted(set(added) | set(removed))}
-        run_id = int(conn.execute(insert(T.runs).values(
-            started_at=started_at, finished_at=finished, as_of=as_of, ruleset_hash=rs.source_hash or "",
-            status="event", followers=1, added=len(added), removed=len(removed), dropped=len(drops),
-            counts=counts)).inserted_primary_key[0])
-        if added:
-            conn.execute(insert(m), [dict(openid=openid, tag=t, source="rule", assigned_at=as_of, run_id=run_id)
-                                     for t in added])
-        if removed:
-            conn.execute(delete(m).where(m.c.openid == openid, m.c.source == "rule", m.c.tag.in_(removed)))
-        rows = [dict(run_id=run_id, openid=openid, tag=t, action="added", reason="rule") for t in added]
-        rows += [dict(run_id=run_id, openid=openid, tag=t, action="removed", reason=reasons[t]) for t in removed]
-        if rows:
-            conn.execute(insert(T.changes), rows)
-        if drops:
-            conn.execute(insert(T.drops), [dict(run_id=run_id, openid=openid, tag=t, priority=p)
-                                           for t, p in sorted(drops.items())])
-        outcome.run_id = run_id
-
-
-class _GroupCommit:
-    """SQLite has one writer at a time and every commit costs an fsync: one
-    writer thread takes the pushes waiting (at most ``max_batch``) and commits
-    them in one transaction, each in its own savepoint (a push that fails rolls
-    back alone). Every push is answered only after the commit that holds it,
-    so an acknowledged push is durable."""
-
-    def __init__(self, processor: "EventProcessor", max_batch: int = 64):
-        self.processor = processor
-        self.max_batch = max_batch
-        self.queue: "queue.Queue[_Pending]" = queue.Queue()
-        threading.Thread(target=self._run, name="tagdsl-serve-writer", daemon=True).start()
-
-    def submit(self, push: Push, row: EventRow, key: str) -> Outcome:
-        item = _Pending(push, row, key)
-        self.queue.put(item)
-        item.done.wait()
-        if item.error is not None:
-            with store.db_errors(self.processor.db.url, "storing the push"):
-                raise item.error
-        assert item.result is not None
-        return item.result
-
-    def _run(self) -> None:
-        while True:
-            batch = [self.queue.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._commit(batch)
-            except BaseException as exc:  # nothing of the batch was committed
-                for item in batch:
-                    item.result, item.error = None, exc
-            finally:
-                for item in batch:
-                    item.done.set()
-
-    def _commit(self, batch: list["_Pending"]) -> None:
-        p = self.processor
-        seen = p.seen
-        conn = store.write_connection(p.db, p.lock_timeout)
-        try:
-            for item in batch:
-                savepoint = conn.begin_nested()
-                try:
-                    item.result = p._process(conn, item.push, item.row, item.key)
-                    savepoint.commit()
-                except Exception as exc:
-                    savepoint.rollback()
-                    duplicate = isinstance(exc, sa.exc.IntegrityError) and conn.execute(
-                        select(seen.c.dedupe_key).where(seen.c.dedupe_key == item.key)).first() is not None
-                    if duplicate:
-                        item.result = Outcome(duplicate=True)
-                    else:
-                        item.error = exc
-            conn.commit()
-        finally:
-            if conn.in_transaction():
-                conn.rollback()
-            conn.close()
+        return _Plan(lift=lift, newly=newly, added=added, removed=[(t, reasons[t]) for t in removed],
+                     removed_names=removed, drops=drops, held=held)
 
 
 @dataclasses.dataclass
-class _Pending:
-    push: Push
-    row: EventRow
-    key: str
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
-    result: Optional[Outcome] = None
-    error: Optional[BaseException] = None
+class _Plan:
+    lift: list[str]  # expiry blocks to delete
+    newly: list[str]  # tags expiring now (blocked from now on)
+    added: list[str]
+    removed: list[tuple[str, str]]  # (tag, reason)
+    removed_names: list[str]
+    drops: dict[str, int]  # tag -> priority
+    held: set[str]
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.added or self.removed or self.drops)

@@ -1,11 +1,12 @@
 """``tagdsl serve``: the callback server for WeChat official-account pushes.
 
-Standard library only (``http.server.ThreadingHTTPServer``, HTTP/1.1
-keep-alive): the work per push is synchronous database I/O and a few
-milliseconds of Python under the GIL, so an event loop would buy nothing and
-cost a dependency. One thread per connection; at most ``max_concurrency`` pushes
-are processed at once (the others wait for a slot), and
-idle connections are closed after ``idle_timeout`` seconds.
+Standard library only: an ``asyncio`` server with a minimal HTTP/1.1 parser
+(keep-alive, Content-Length bodies) in one thread, and the database work in
+the event processor's writer thread (runtime/events.py), which group-commits
+every push waiting. A connection has at most one request in progress; idle
+connections (or a body that does not arrive) are closed after
+``idle_timeout`` seconds. The event loop only parses, checks and decrypts, so
+no request waits behind another one's database work.
 
 Callback path ``/wechat``:
 
@@ -14,8 +15,10 @@ Callback path ``/wechat``:
 * ``POST`` — a message or event, plaintext (``signature``) or safe mode
   (``encrypt_type=aes`` + ``msg_signature``, decrypted with ``WeChatCrypto``;
   the AppId inside the ciphertext must be the configured appid). Answered
-  ``success`` once the push is committed (runtime/events.py); a push seen
-  before is answered ``success`` and changes nothing.
+  ``success`` once the push is committed (runtime/events.py), or with a
+  passive text reply (``wechatpy.replies.TextReply``, encrypted in safe mode)
+  when the push made the follower gain a tag with a ``reply``; a push seen
+  before changes nothing and gets the same answer.
 
 Refused with 4xx, changing nothing: a bad or missing signature (403), a
 timestamp outside ``replay_window`` seconds of the server clock (403), a body
@@ -28,24 +31,27 @@ A database failure is 500 (WeChat retries; the deduplication makes the retry saf
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
-import hmac
 import logging
 import os
 import re
+import signal
+import socket
+import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Union
 from urllib.parse import parse_qs, urlsplit
+from xml.etree import ElementTree
 
 from tagdsl import TagDSLError
 from tagdsl import ir as I
 from tagdsl.config import Config
 
 from . import store
-from .events import EventProcessor, PushError, ServeSetupError, push_from_dict
+from .events import EventProcessor, Outcome, Push, PushError, ServeSetupError, push_from_dict
 
 log = logging.getLogger("tagdsl.serve")
 
@@ -98,20 +104,56 @@ class Refused(Exception):
         self.status, self.reason = status, reason
 
 
+@dataclasses.dataclass(frozen=True)
+class Response:
+    status: int
+    text: str
+    content_type: str = "text/plain; charset=utf-8"
+
+
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    """A push that passed every check: the processor stores it, then :meth:`CallbackApp.answer` answers it."""
+
+    push: Push
+    params: Mapping[str, str]
+    safe: bool
+
+
+def _fields(element) -> dict:
+    out: dict = {}
+    for child in element:
+        if len(child):
+            value = _fields(child)
+        else:
+            value = child.text.strip() if child.text else None
+            value = value or None
+        if child.tag in out:
+            previous = out[child.tag]
+            out[child.tag] = (previous if isinstance(previous, list) else [previous]) + [value]
+        else:
+            out[child.tag] = value
+    return out
+
+
+def _cdata(text: str) -> str:
+    # wechatpy puts field values in CDATA sections unescaped: split any "]]>".
+    return text.replace("]]>", "]]]]><![CDATA[>")
+
+
 class CallbackApp:
-    """The request logic, independent of the HTTP plumbing: ``handle(method, target, headers, read_body)``."""
+    """The request logic, independent of the HTTP plumbing: :meth:`start` with the
+    request line and headers (before the body is read), :meth:`finish` with the
+    body, :meth:`answer` with the processor's outcome; :meth:`handle` does all three."""
 
     def __init__(self, processor: EventProcessor, credentials: Credentials, *, max_body: int = DEFAULT_MAX_BODY,
-                 replay_window: int = DEFAULT_REPLAY_WINDOW, wall_clock: Callable[[], float] = time.time,
-                 max_concurrency: int = 8):
+                 replay_window: int = DEFAULT_REPLAY_WINDOW, wall_clock: Callable[[], float] = time.time):
         self.processor = processor
         self.credentials = credentials
         self.crypto = make_crypto(credentials)
         self.max_body = max_body
         self.replay_window = replay_window
         self.wall_clock = wall_clock
-        # Bounds the pushes processed at once (each holds a database connection).
-        self.slots = threading.BoundedSemaphore(max_concurrency)
 
     # -- checks ------------------------------------------------------------------------------
     def _params(self, query: str) -> dict[str, str]:
@@ -142,66 +184,65 @@ class CallbackApp:
 
     @staticmethod
     def _parse_xml(data: bytes) -> dict:
-        import xml.parsers.expat
-
-        import xmltodict
-
+        """The fields of the ``<xml>`` root: ``{tag: text}`` (text stripped, empty -> None;
+        an element with children -> a dict; a repeated tag -> a list), as xmltodict gives
+        them. ElementTree's C parser: the declaration check has run before (no DOCTYPE,
+        so no entity can be declared, expanded or fetched)."""
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise Refused(400, "body is not UTF-8") from None
         try:
-            doc = xmltodict.parse(text, disable_entities=True)
-        except (xml.parsers.expat.ExpatError, ValueError) as exc:
+            root = ElementTree.fromstring(text)
+        except ElementTree.ParseError as exc:
             raise Refused(400, f"malformed XML: {str(exc)[:80]}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("xml"), dict):
+        if root.tag != "xml" or len(root) == 0:
             raise Refused(400, "malformed message: no <xml> element with fields")
-        return doc["xml"]
+        return _fields(root)
 
     # -- requests ----------------------------------------------------------------------------
-    def handle(self, method: str, target: str, headers: Mapping[str, str], read_body: Callable[[int], bytes]
-               ) -> tuple[int, str]:
+    def start(self, method: str, target: str, headers: Mapping[str, str]) -> Union[Response, int]:
+        """Checks that need no body: a final Response, or the number of body bytes to read."""
         parts = urlsplit(target)
         if parts.path != CALLBACK_PATH:
-            return 404, "not found"
+            return Response(404, "not found")
         params = self._params(parts.query)
         try:
             if method == "GET":
-                return self._handshake(params)
-            if method == "POST":
-                return self._push(params, headers, read_body)
-            return 405, "method not allowed"
+                self._check_signature(params)
+                self._check_time(params)
+                return Response(200, params.get("echostr", ""))
+            if method != "POST":
+                return Response(405, "method not allowed")
+            length = headers.get("content-length")
+            if length is None or not length.strip().isdigit():
+                raise Refused(411, "Content-Length required")
+            size = int(length)
+            if size > self.max_body:
+                raise Refused(413, f"body over {self.max_body} bytes")
+            # Signature first (cheap, and nothing is parsed for a stranger), then the body.
+            if params.get("encrypt_type", "raw").lower() != "aes":
+                self._check_signature(params)
+            elif not params.get("msg_signature") or "nonce" not in params:
+                raise Refused(403, "missing msg_signature")
+            self._check_time(params)
+            return size
         except Refused as exc:
             log.warning("refused %s %s: %s", method, CALLBACK_PATH, exc.reason)
-            return exc.status, exc.reason
+            return Response(exc.status, exc.reason)
 
-    def _handshake(self, params) -> tuple[int, str]:
-        self._check_signature(params)
-        self._check_time(params)
-        return 200, params.get("echostr", "")
+    def finish(self, target: str, body: bytes) -> Union[Response, Accepted]:
+        """The body of a POST that :meth:`start` accepted: a Response (refused) or the Accepted push."""
+        try:
+            return self._push(self._params(urlsplit(target).query), body)
+        except Refused as exc:
+            log.warning("refused POST %s: %s", CALLBACK_PATH, exc.reason)
+            return Response(exc.status, exc.reason)
 
-    def _push(self, params, headers, read_body) -> tuple[int, str]:
+    def _push(self, params: Mapping[str, str], body: bytes) -> Accepted:
         from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 
-        length = headers.get("Content-Length")
-        if length is None or not length.strip().isdigit():
-            raise Refused(411, "Content-Length required")
-        size = int(length)
-        if size > self.max_body:
-            raise Refused(413, f"body over {self.max_body} bytes")
-        # Signature first (cheap, and nothing is parsed for a stranger), then the body.
         safe = params.get("encrypt_type", "raw").lower() == "aes"
-        if not safe:
-            self._check_signature(params)
-        elif not params.get("msg_signature") or "nonce" not in params:
-            raise Refused(403, "missing msg_signature")
-        self._check_time(params)
-        try:
-            body = read_body(size)
-        except OSError:  # the client stopped sending (idle timeout) or went away
-            raise Refused(408, "body not received") from None
-        if len(body) != size:
-            raise Refused(400, "body shorter than its Content-Length")
         self._no_declarations(body)
         message = self._parse_xml(body)
         if safe:
@@ -227,83 +268,381 @@ class CallbackApp:
             push = push_from_dict(message)
         except PushError as exc:
             raise Refused(400, str(exc)) from None
-        try:
-            with self.slots:
-                outcome = self.processor.process(push)
-        except TagDSLError as exc:
-            log.error("push from %s not stored: %s", push.openid, exc)
-            return 500, "not stored"
-        if outcome.duplicate:
+        return Accepted(push, params, safe)
+
+    def answer(self, accepted: Accepted, outcome: Optional[Outcome], error: Optional[BaseException] = None
+               ) -> Response:
+        """The answer to a processed push: ``success``, or the passive reply (encrypted in safe mode)."""
+        push = accepted.push
+        if error is not None:
+            log.error("push from %s not stored: %s", push.openid, error)
+            return Response(500, "not stored")
+        if outcome is not None and outcome.duplicate:
             log.info("duplicate push from %s ignored", push.openid)
-        return 200, "success"
+        if outcome is None or outcome.reply is None:
+            return Response(200, "success")
+        from wechatpy.replies import TextReply
+
+        xml = TextReply(source=_cdata(push.to), target=_cdata(push.openid), content=_cdata(outcome.reply),
+                        time=int(self.wall_clock())).render()
+        if accepted.safe:
+            params = accepted.params
+            xml = self.crypto.encrypt_message(xml, params["nonce"], params["timestamp"])
+        return Response(200, xml, "application/xml; charset=utf-8")
+
+    def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes = b"") -> Response:
+        """One request, synchronously (for callers without an event loop)."""
+        first = self.start(method, target, {k.lower(): v for k, v in headers.items()})
+        if isinstance(first, Response):
+            return first
+        if method != "POST":  # pragma: no cover - start answers everything but POST
+            return Response(405, "method not allowed")
+        if len(body) != first:
+            return Response(400, "body length differs from its Content-Length")
+        accepted = self.finish(target, body)
+        if isinstance(accepted, Response):
+            return accepted
+        try:
+            outcome = self.processor.process(accepted.push)
+        except TagDSLError as exc:
+            return self.answer(accepted, None, exc)
+        return self.answer(accepted, outcome)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "tagdsl"
-    sys_version = ""
+# -- HTTP/1.1 over asyncio ------------------------------------------------------------------------
 
-    def _run(self, method: str) -> None:
-        server: CallbackServer = self.server  # type: ignore[assignment]
-        status, text = server.app.handle(method, self.path, self.headers, self.rfile.read)
-        data = text.encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        if status >= 400:
-            self.send_header("Connection", "close")  # an unread body may still be on the socket
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._run("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._run("POST")
-
-    def log_message(self, fmt: str, *args) -> None:
-        log.debug("%s " + fmt, self.address_string(), *args)
+MAX_HEAD = 16 * 1024  # request line and headers
+SWITCH_INTERVAL = 0.0005  # seconds
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 505: "HTTP Version Not Supported"}
 
 
-class CallbackServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Connection(asyncio.Protocol):
+    """One client connection: requests in sequence (keep-alive), one in progress at a time."""
 
-    def __init__(self, app: CallbackApp, host: str = "127.0.0.1", port: int = 8080, *, idle_timeout: float = 15.0):
-        handler = type("Handler", (_Handler,), {"timeout": idle_timeout})
-        super().__init__((host, port), handler)
+    def __init__(self, server: "CallbackServer"):
+        self.server = server
+        self.app = server.app
+        self.loop = server.loop
+        self.transport: Optional[asyncio.Transport] = None
+        self.buffer = bytearray()
+        self.head: Optional[tuple[str, str, bool, int]] = None  # method, target, keep-alive, body size
+        self.busy = False  # a push is with the processor
+        self.closing = False
+        self.paused = False  # reading stopped: a client sending ahead while its push is processed
+        self.timer: Optional[asyncio.TimerHandle] = None
+
+    # -- asyncio callbacks ----------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.server.connections.add(self)
+        self._arm()
+
+    def connection_lost(self, exc) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.busy:
+            self._arm()
+            self._advance()
+        elif len(self.buffer) > MAX_HEAD + self.app.max_body and not self.paused:
+            self.transport.pause_reading()  # bounded memory per connection
+            self.paused = True
+
+    # -- timeouts -------------------------------------------------------------------------------
+    def _arm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(self.server.idle_timeout, self._idle)
+
+    def _idle(self) -> None:
+        if self.busy or self.closing:
+            return
+        if self.head is not None:  # the body did not arrive
+            self._send(Response(408, "body not received"), keep_alive=False)
+        else:
+            self.closing = True
+            self.transport.close()
+
+    # -- requests -------------------------------------------------------------------------------
+    def _advance(self) -> None:
+        while not self.busy and not self.closing:
+            if self.head is None:
+                end = self.buffer.find(b"\r\n\r\n")
+                if end > MAX_HEAD or (end < 0 and len(self.buffer) > MAX_HEAD):
+                    self._send(Response(431, "request head too large"), keep_alive=False)
+                    return
+                if end < 0:
+                    return
+                head = bytes(self.buffer[:end])
+                del self.buffer[:end + 4]
+                if not self._begin(head):
+                    return
+            method, target, keep_alive, size = self.head
+            if len(self.buffer) < size:
+                return
+            body = bytes(self.buffer[:size])
+            del self.buffer[:size]
+            self.head = None
+            accepted = self.app.finish(target, body)
+            if isinstance(accepted, Response):
+                self._send(accepted, keep_alive)
+                continue
+            self._process(accepted, keep_alive)
+
+    def _begin(self, head: bytes) -> bool:
+        """Parse the request line and headers; False when the request was answered already."""
+        try:
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, version = lines[0].split(" ")
+            headers: dict[str, str] = {}
+            for line in lines[1:]:
+                name, sep, value = line.partition(":")
+                if not sep or not name or name != name.strip():
+                    raise ValueError(line)
+                name = name.lower()
+                if name in headers and name == "content-length":
+                    raise ValueError("repeated Content-Length")
+                headers[name] = value.strip()
+        except ValueError:
+            self._send(Response(400, "malformed request"), keep_alive=False)
+            return False
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            self._send(Response(505, "HTTP/1.1 only"), keep_alive=False)
+            return False
+        connection = headers.get("connection", "").lower()
+        keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
+        if "transfer-encoding" in headers:  # no chunked bodies (WeChat sends Content-Length)
+            self._send(Response(411, "Content-Length required"), keep_alive=False)
+            return False
+        first = self.app.start(method, target, headers)
+        if isinstance(first, Response):
+            # Anything refused before its body was read closes the connection (the body may follow).
+            self._send(first, keep_alive and (first.status < 400 or "content-length" not in headers
+                                              or headers["content-length"] == "0"))
+            return False
+        self.head = (method, target, keep_alive, first)
+        return True
+
+    def _process(self, accepted: Accepted, keep_alive: bool) -> None:
+        def done(item) -> None:  # in the writer thread
+            try:
+                self.loop.call_soon_threadsafe(self._processed, accepted, item, keep_alive)
+            except RuntimeError:  # pragma: no cover - the loop is closed (server stopped)
+                pass
+
+        try:
+            item = self.app.processor.submit(accepted.push, on_done=done)
+        except TagDSLError as exc:
+            self._send(self.app.answer(accepted, None, exc), keep_alive)
+            return
+        if item is None:  # acknowledged, not stored
+            self._send(self.app.answer(accepted, None), keep_alive)
+            return
+        self.busy = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def _processed(self, accepted: Accepted, item, keep_alive: bool) -> None:
+        self.busy = False
+        try:
+            outcome, error = self.app.processor.result(item), None
+        except TagDSLError as exc:
+            outcome, error = None, exc
+        try:
+            response = self.app.answer(accepted, outcome, error)
+        except Exception as exc:  # pragma: no cover - rendering the reply failed; the push is stored
+            log.error("reply to %s not rendered: %s", accepted.push.openid, exc)
+            response = Response(200, "success")
+        if self.closing:
+            return
+        self._send(response, keep_alive)
+        if not self.closing:
+            self._arm()
+            self._advance()
+        if self.paused and not self.closing and not self.busy:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _send(self, response: Response, keep_alive: bool) -> None:
+        data = response.text.encode("utf-8")
+        head = (f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Error')}\r\n"
+                f"Content-Type: {response.content_type}\r\nContent-Length: {len(data)}\r\n"
+                + ("" if keep_alive else "Connection: close\r\n") + "\r\n")
+        if self.closing:
+            return
+        self.transport.write(head.encode("latin-1") + data)
+        if not keep_alive:
+            self.closing = True
+            self.transport.close()
+
+
+class CallbackServer:
+    """The listening socket and its event loop: ``serve_forever()`` in the calling
+    thread, or ``start_background()``; ``shutdown()`` from another thread."""
+
+    def __init__(self, app: CallbackApp, host: str = "127.0.0.1", port: int = 8080, *, idle_timeout: float = 15.0,
+                 workers: int = 1):
         self.app = app
+        self.idle_timeout = idle_timeout
+        self.workers = workers
+        self._parent: Optional[int] = None  # in a worker process: the pid of the server that forked it
+        self.socket = socket.create_server((host, port), backlog=1024)
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.connections: set[_Connection] = set()
+        self._stop: Optional[asyncio.Future] = None
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
 
     @property
     def port(self) -> int:
-        return self.server_address[1]
+        return self.socket.getsockname()[1]
+
+    def serve_forever(self) -> None:
+        """Serve until ``shutdown()`` (or Ctrl-C); with ``workers > 1``, in that many forked processes."""
+        if self.workers > 1:
+            self._prefork()
+        else:
+            self._serve()
+
+    def _serve(self) -> None:
+        # Two threads share the GIL: the event loop and the writer, whose every
+        # statement releases it. At the default 5 ms switch interval the writer
+        # waits up to 5 ms per statement while the loop parses requests.
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        self.loop = asyncio.new_event_loop()
+        try:
+            listener = self.loop.run_until_complete(
+                self.loop.create_server(lambda: _Connection(self), sock=self.socket))
+            self._stop = self.loop.create_future()
+            if self._parent is not None:
+                self.loop.add_signal_handler(signal.SIGTERM, self._request_stop)
+                self.loop.call_later(1.0, self._watch_parent)
+            self._ready.set()
+            try:
+                self.loop.run_until_complete(self._stop)
+            finally:
+                listener.close()
+                for conn in list(self.connections):
+                    conn.transport.close()
+                self.loop.run_until_complete(asyncio.sleep(0))
+        finally:
+            self._ready.set()
+            self.loop.close()
+            self._stopped.set()
+
+    def _request_stop(self) -> None:
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(None)
+
+    def _watch_parent(self) -> None:
+        if os.getppid() != self._parent:  # the server process is gone (killed): stop too
+            self._request_stop()
+        else:
+            self.loop.call_later(1.0, self._watch_parent)
+
+    def _prefork(self) -> None:
+        """Worker processes sharing the listening socket, each with its own event loop,
+        writer and database connection (PostgreSQL/MySQL: row locks and the
+        deduplication key keep them consistent). A worker that exits is replaced;
+        Ctrl-C or SIGTERM stops them all."""
+        self.app.processor.db.dispose()  # no pooled connection crosses the fork
+        children: dict[int, float] = {}
+        stopping = False
+
+        def spawn() -> None:
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us with SIGTERM
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    self._parent = os.getppid()
+                    self._serve()
+                    self.app.processor.close()
+                except BaseException:  # pragma: no cover - logged, the parent starts another
+                    log.exception("worker %d failed", os.getpid())
+                    code = 1
+                finally:
+                    os._exit(code)
+            children[pid] = time.monotonic()
+
+        def terminate(_signum, _frame) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            for _ in range(self.workers):
+                spawn()
+            while children:
+                pid, status = os.wait()
+                started = children.pop(pid, None)
+                if started is not None and not stopping:
+                    log.error("worker %d exited (status %d); starting another", pid, status)
+                    if time.monotonic() - started < 1.0:
+                        time.sleep(1.0)  # not in a tight loop when workers fail at once
+                    spawn()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stopping = True
+            for pid in children:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 30
+            while children and time.monotonic() < deadline:
+                for pid in list(children):
+                    try:
+                        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                            del children[pid]
+                    except ChildProcessError:
+                        del children[pid]
+                time.sleep(0.05)
+            for pid in children:  # pragma: no cover - a worker stuck for 30 s
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            signal.signal(signal.SIGTERM, previous)
 
     def start_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="tagdsl-serve",
-                                  daemon=True)
+        thread = threading.Thread(target=self.serve_forever, name="tagdsl-serve", daemon=True)
         thread.start()
+        self._ready.wait()
         return thread
+
+    def shutdown(self) -> None:
+        if self.loop is not None and self._stop is not None and not self._stopped.is_set():
+            self.loop.call_soon_threadsafe(lambda: self._stop.done() or self._stop.set_result(None))
+            self._stopped.wait(10)
+
+    def server_close(self) -> None:
+        self.socket.close()
+        self.app.processor.close()
 
 
 def make_server(config: Config, ruleset: I.Ruleset, url: str, *, host: str = "127.0.0.1", port: int = 8080,
                 environ: Mapping[str, str] | None = None, clock: Callable[[], dt.datetime] | None = None,
                 wall_clock: Callable[[], float] = time.time, max_body: int = DEFAULT_MAX_BODY,
-                replay_window: int = DEFAULT_REPLAY_WINDOW, max_concurrency: int = 32) -> CallbackServer:
+                replay_window: int = DEFAULT_REPLAY_WINDOW, workers: int = 1) -> CallbackServer:
     """A ready server (store checked, tables created, credentials loaded); call
-    ``serve_forever()`` or ``start_background()``. Errors a user can fix raise TagDSLError."""
+    ``serve_forever()`` or ``start_background()`` (one worker only). Errors a user can fix raise TagDSLError."""
     credentials = load_credentials(config, environ)
-    db = store.connect(url, lock_timeout=10.0)  # its pool holds 5 + 10 connections: more than max_concurrency
-    if db.dialect.name != "sqlite":
-        # Each push in progress holds a pooled connection (the pool has 5 + 10);
-        # on SQLite the pushes wait for the group commit instead (runtime/events.py).
-        max_concurrency = min(max_concurrency, 12)
+    db = store.connect(url, lock_timeout=10.0)
+    if workers > 1 and db.dialect.name == "sqlite":
+        db.dispose()
+        raise ServeSetupError("--workers above 1 needs PostgreSQL or MySQL: SQLite has one writer at a time "
+                              "(one process already commits every push waiting in one transaction)")
     processor = EventProcessor(config, ruleset, db, clock=clock)
     processor.ensure_tables()
-    app = CallbackApp(processor, credentials, max_body=max_body, replay_window=replay_window, wall_clock=wall_clock,
-                      max_concurrency=max_concurrency)
+    app = CallbackApp(processor, credentials, max_body=max_body, replay_window=replay_window, wall_clock=wall_clock)
     try:
-        return CallbackServer(app, host, port)
+        return CallbackServer(app, host, port, workers=workers)
     except OSError as exc:
         db.dispose()
         raise ServeSetupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None

@@ -7,8 +7,8 @@ import datetime as dt
 import hashlib
 import http.client
 import os
-import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -111,6 +111,16 @@ def server(project):
     srv.app.processor.db.dispose()
 
 
+def copy_store(source, target):
+    """A consistent copy of a SQLite store in use (the server keeps it in WAL mode: the file alone is not enough)."""
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
 def rows(config, sql, **params):
     db = store.connect(config.database_url)
     try:
@@ -210,7 +220,7 @@ def test_new_follower_subscribes_by_store_qr_and_sends_keyword(server, project):
 
     # What the server wrote is what apply computes: applying now changes nothing.
     copy = Path(project.base_dir) / "copy.db"
-    shutil.copy(Path(project.base_dir) / "store.db", copy)
+    copy_store(Path(project.base_dir) / "store.db", copy)
     result = apply_at(project, T, f"sqlite:///{copy}")
     assert result.added + result.removed > 0  # o_old's 互动 ages out (time, not an event)
     changed = rows(project, "SELECT COUNT(*) FROM tagdsl_changes WHERE run_id = :r AND openid = 'o_new'", r=result.run_id)
@@ -219,7 +229,7 @@ def test_new_follower_subscribes_by_store_qr_and_sends_keyword(server, project):
 
 def test_existing_follower_matches_apply_including_expiry_and_limit(server, project):
     base = Path(project.base_dir)
-    shutil.copy(base / "store.db", base / "baseline.db")
+    copy_store(base / "store.db", base / "baseline.db")
     before = {t for (t,) in rows(project, "SELECT tag FROM tagdsl_memberships WHERE openid = 'o_old'")}
     # The daily apply: VIP (manual) + 3 computed under the limit of 4; 活跃-B and 门店粉丝 held back.
     assert before == {"VIP", "菜单活跃", "互动", "已关注"}
