@@ -53,3 +53,19 @@ def test_compound_integer_operand_of_a_decimal_subtraction_is_grouped(store):
             'audience "a3" = -(age + 1) + 0.5 < -10 and 100.00 - (age - age) - (age + 0) == 90\n')
     population = [follower("o0000", age=10, score=Decimal("20.50")), follower("o0001")]
     check_agreement(store, text, ["a1", "a2", "a3"], population)
+
+
+def test_percent_rank_of_a_value_that_is_always_zero_ties_everyone(store):
+    # Found by the campaign (after the grouping fix): every SQL backend counted
+    # 1 follower for `percent_rank(0 * (0 * gender)) == 0` where both tie at 0.
+    text = ('tag "t0" when true\n'
+            'audience "a0" = percent_rank((0 * (0 * gender))) == 0\n'
+            'audience "a1" = quintile(0 * gender) == 1 and percent_rank(gender - gender) == 0\n'
+            'tag "q1" when quintile(age + gender + 0) == 1\n'
+            'tag "p0" when percent_rank(age * gender * 1) <= 0.2\n')
+    # q1: quintile over (age + gender) puts o0001 (3) and o0000 (5) first;
+    # flattened to `age, gender, 0` it ordered by age first.
+    population = [follower("o0000", gender=0, age=5), follower("o0001", gender=1, age=2),
+                  follower("o0002", gender=4, age=1), follower("o0003", gender=9, age=3),
+                  follower("o0004", gender=3, age=4), follower("o0005", gender=2, age=6)]
+    check_agreement(store, text, ["a0", "a1"], population)

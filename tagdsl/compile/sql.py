@@ -47,7 +47,7 @@ from sqlalchemy import (
     BigInteger, Boolean, Date, DateTime, Integer, Numeric, String, and_, bindparam, case, exists, false, func,
     literal, literal_column, not_, or_, select, true, union_all,
 )
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnElement, Grouping
 from sqlalchemy.sql.selectable import CTE, FromClause, Select
 
 from .. import ir
@@ -374,14 +374,16 @@ class _Build:
         # Ties on the value are broken by follower id in code-point order.
         by_id = BinaryText(self.follower_id)
         if r.func == "quintile":
-            order = [by_id] if v.is_const else [v.sql, by_id]
+            # Grouped: SQLAlchemy flattens a chained `a * b * c` given to
+            # over(order_by=…) into the list `a, b, c` (found by the campaign).
+            order = [by_id] if v.is_const else [Grouping(v.sql), by_id]
             window = func.ntile(literal_column("5"), type_=BigInteger()).over(order_by=order)
         elif v.is_const:  # every member ties
             window = literal(0.0, DOUBLE)
         else:
             # PERCENT_RANK() spelled out: MariaDB's returns a DECIMAL rounded to
             # 10 places; (rank - 1) / (n - 1) in doubles is exact IEEE everywhere.
-            above = ToDouble(func.rank(type_=BigInteger()).over(order_by=v.sql) - literal_column("1"))
+            above = ToDouble(func.rank(type_=BigInteger()).over(order_by=Grouping(v.sql)) - literal_column("1"))
             others = ToDouble(func.count(type_=BigInteger()).over() - literal_column("1"))
             window = func.coalesce(TrueDiv(above, func.nullif(others, 0, type_=DOUBLE)), literal(0.0, DOUBLE),
                                    type_=DOUBLE)
