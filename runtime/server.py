@@ -1,12 +1,12 @@
 """``tagdsl serve``: the callback server for WeChat official-account pushes.
 
-Standard library only: an ``asyncio`` server with a minimal HTTP/1.1 parser
-(keep-alive, Content-Length bodies) in one thread, and the database work in
-the event processor's writer thread (runtime/events.py), which group-commits
-every push waiting. A connection has at most one request in progress; idle
-connections (or a body that does not arrive) are closed after
-``idle_timeout`` seconds. The event loop only parses, checks and decrypts, so
-no request waits behind another one's database work.
+A plain ASGI application (:class:`CallbackASGI`) served by uvicorn with
+httptools and uvloop on a socket bound up front (``--workers N``: N forked
+processes, each running ``uvicorn.Server.serve(sockets=[sock])``). The event
+loop only parses, checks and decrypts; the database work is in the event
+processor's writer thread (runtime/events.py), which group-commits every push
+waiting, and a request awaits its push's commit through a future, so no
+request waits behind another one's database work.
 
 Callback path ``/wechat``:
 
@@ -22,10 +22,12 @@ Callback path ``/wechat``:
 
 Refused with 4xx, changing nothing: a bad or missing signature (403), a
 timestamp outside ``replay_window`` seconds of the server clock (403), a body
-over ``max_body`` bytes (413) or without Content-Length (411), a DOCTYPE or
-ENTITY declaration anywhere (400; checked on the raw body and on the decrypted
-text before any XML parser sees them), malformed XML or a message without its
-required fields (400), a safe-mode message for another AppId (403).
+over ``max_body`` bytes (413: up front from Content-Length, or while a chunked
+body is read) or with neither Content-Length nor chunked encoding (411), a
+DOCTYPE or ENTITY declaration anywhere (400; checked on the raw body and on
+the decrypted text before any XML parser sees them), malformed XML or a
+message without its required fields (400), a safe-mode message for another
+AppId (403), a request head over 16 KB (431).
 A database failure is 500 (WeChat retries; the deduplication makes the retry safe).
 """
 
@@ -201,8 +203,9 @@ class CallbackApp:
         return _fields(root)
 
     # -- requests ----------------------------------------------------------------------------
-    def start(self, method: str, target: str, headers: Mapping[str, str]) -> Union[Response, int]:
-        """Checks that need no body: a final Response, or the number of body bytes to read."""
+    def start(self, method: str, target: str, headers: Mapping[str, str]) -> Union[Response, int, None]:
+        """Checks that need no body: a final Response, or the number of body bytes to read
+        (None: a chunked body, of at most ``max_body`` bytes)."""
         parts = urlsplit(target)
         if parts.path != CALLBACK_PATH:
             return Response(404, "not found")
@@ -215,11 +218,14 @@ class CallbackApp:
             if method != "POST":
                 return Response(405, "method not allowed")
             length = headers.get("content-length")
-            if length is None or not length.strip().isdigit():
+            if length is None and "chunked" in headers.get("transfer-encoding", "").lower():
+                size = None  # read by the HTTP layer, refused (413) as soon as it passes max_body
+            elif length is None or not length.strip().isdigit():
                 raise Refused(411, "Content-Length required")
-            size = int(length)
-            if size > self.max_body:
-                raise Refused(413, f"body over {self.max_body} bytes")
+            else:
+                size = int(length)
+                if size > self.max_body:
+                    raise Refused(413, f"body over {self.max_body} bytes")
             # Signature first (cheap, and nothing is parsed for a stranger), then the body.
             if params.get("encrypt_type", "raw").lower() != "aes":
                 self._check_signature(params)
@@ -297,7 +303,10 @@ class CallbackApp:
             return first
         if method != "POST":  # pragma: no cover - start answers everything but POST
             return Response(405, "method not allowed")
-        if len(body) != first:
+        if first is None:
+            if len(body) > self.max_body:
+                return Response(413, f"body over {self.max_body} bytes")
+        elif len(body) != first:
             return Response(400, "body length differs from its Content-Length")
         accepted = self.finish(target, body)
         if isinstance(accepted, Response):
@@ -309,182 +318,259 @@ class CallbackApp:
         return self.answer(accepted, outcome)
 
 
-# -- HTTP/1.1 over asyncio ------------------------------------------------------------------------
-
 MAX_HEAD = 16 * 1024  # request line and headers
+# Bytes received while a request head is incomplete, counted by packet (see _Uvicorn.protocol):
+# one packet (uvloop reads at most 256 KB) may end an earlier request.
+HEAD_BUFFER = 256 * 1024 + MAX_HEAD
 SWITCH_INTERVAL = 0.0005  # seconds
-_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error", 505: "HTTP Version Not Supported"}
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: requests in sequence (keep-alive), one in progress at a time."""
+# -- ASGI application, served by uvicorn ------------------------------------------------------------
 
-    def __init__(self, server: "CallbackServer"):
-        self.server = server
-        self.app = server.app
-        self.loop = server.loop
-        self.transport: Optional[asyncio.Transport] = None
-        self.buffer = bytearray()
-        self.head: Optional[tuple[str, str, bool, int]] = None  # method, target, keep-alive, body size
-        self.busy = False  # a push is with the processor
-        self.closing = False
-        self.paused = False  # reading stopped: a client sending ahead while its push is processed
-        self.timer: Optional[asyncio.TimerHandle] = None
+def _resolve(future: asyncio.Future, item) -> None:
+    if not future.done():  # not cancelled by a server shutdown
+        future.set_result(item)
 
-    # -- asyncio callbacks ----------------------------------------------------------------------
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        self.server.connections.add(self)
-        self._arm()
 
-    def connection_lost(self, exc) -> None:
-        self.closing = True
-        self.server.connections.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
+class CallbackASGI:
+    """The callback endpoint as a plain ASGI application around :class:`CallbackApp`.
 
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if not self.busy:
-            self._arm()
-            self._advance()
-        elif len(self.buffer) > MAX_HEAD + self.app.max_body and not self.paused:
-            self.transport.pause_reading()  # bounded memory per connection
-            self.paused = True
+    The checks that need no body run first (a refusal before the body is read
+    closes the connection, so the body is never read); the body is read from
+    the ASGI stream up to ``max_body`` bytes (a chunked body over it is refused
+    413 as soon as it passes it) within ``body_timeout`` seconds (else 408). An
+    accepted push goes to the processor's writer thread; the request's task
+    awaits a future that the writer's ``on_done`` callback completes through
+    ``call_soon_threadsafe``, so the event loop never blocks on the database."""
 
-    # -- timeouts -------------------------------------------------------------------------------
-    def _arm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(self.server.idle_timeout, self._idle)
+    def __init__(self, app: CallbackApp, *, body_timeout: float = 15.0):
+        self.app = app
+        self.body_timeout = body_timeout
 
-    def _idle(self) -> None:
-        if self.busy or self.closing:
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":  # lifespan is off and there are no websockets; nothing else is served
             return
-        if self.head is not None:  # the body did not arrive
-            self._send(Response(408, "body not received"), keep_alive=False)
-        else:
-            self.closing = True
-            self.transport.close()
-
-    # -- requests -------------------------------------------------------------------------------
-    def _advance(self) -> None:
-        while not self.busy and not self.closing:
-            if self.head is None:
-                end = self.buffer.find(b"\r\n\r\n")
-                if end > MAX_HEAD or (end < 0 and len(self.buffer) > MAX_HEAD):
-                    self._send(Response(431, "request head too large"), keep_alive=False)
-                    return
-                if end < 0:
-                    return
-                head = bytes(self.buffer[:end])
-                del self.buffer[:end + 4]
-                if not self._begin(head):
-                    return
-            method, target, keep_alive, size = self.head
-            if len(self.buffer) < size:
-                return
-            body = bytes(self.buffer[:size])
-            del self.buffer[:size]
-            self.head = None
-            accepted = self.app.finish(target, body)
-            if isinstance(accepted, Response):
-                self._send(accepted, keep_alive)
-                continue
-            self._process(accepted, keep_alive)
-
-    def _begin(self, head: bytes) -> bool:
-        """Parse the request line and headers; False when the request was answered already."""
-        try:
-            lines = head.decode("latin-1").split("\r\n")
-            method, target, version = lines[0].split(" ")
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, sep, value = line.partition(":")
-                if not sep or not name or name != name.strip():
-                    raise ValueError(line)
-                name = name.lower()
-                if name in headers and name == "content-length":
-                    raise ValueError("repeated Content-Length")
-                headers[name] = value.strip()
-        except ValueError:
-            self._send(Response(400, "malformed request"), keep_alive=False)
-            return False
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            self._send(Response(505, "HTTP/1.1 only"), keep_alive=False)
-            return False
-        connection = headers.get("connection", "").lower()
-        keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
-        if "transfer-encoding" in headers:  # no chunked bodies (WeChat sends Content-Length)
-            self._send(Response(411, "Content-Length required"), keep_alive=False)
-            return False
-        first = self.app.start(method, target, headers)
+        app = self.app
+        method = scope["method"]
+        headers: dict[str, str] = {}
+        head = len(scope["raw_path"]) + len(scope["query_string"])
+        for name, value in scope["headers"]:
+            head += len(name) + len(value) + 4
+            headers[name.decode("latin-1")] = value.decode("latin-1")
+        has_body = method == "POST" and ("transfer-encoding" in headers
+                                         or headers.get("content-length", "0").strip() != "0")
+        if head > MAX_HEAD:
+            await _send(send, Response(431, "request head too large"), close=True)
+            return
+        query = scope["query_string"].decode("latin-1")
+        target = scope["raw_path"].decode("latin-1") + ("?" + query if query else "")
+        first = app.start(method, target, headers)
         if isinstance(first, Response):
-            # Anything refused before its body was read closes the connection (the body may follow).
-            self._send(first, keep_alive and (first.status < 400 or "content-length" not in headers
-                                              or headers["content-length"] == "0"))
-            return False
-        self.head = (method, target, keep_alive, first)
-        return True
+            # Refused before its body was read: close rather than read (and discard) the body.
+            await _send(send, first, close=first.status >= 400 and has_body)
+            return
+        body = await self._body(receive)
+        if body is None:  # the client went away
+            return
+        if isinstance(body, Response):
+            await _send(send, body, close=True)
+            return
+        accepted = app.finish(target, body)
+        if isinstance(accepted, Response):
+            await _send(send, accepted)
+            return
+        await _send(send, await self._process(accepted))
 
-    def _process(self, accepted: Accepted, keep_alive: bool) -> None:
+    async def _body(self, receive) -> Union[bytes, Response, None]:
+        """The request body (at most ``max_body`` bytes), a Response refusing it, or None (disconnected)."""
+        limit = self.app.max_body
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        log.warning("refused POST %s: body over %d bytes", CALLBACK_PATH, limit)
+                        return Response(413, f"body over {limit} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except TimeoutError:
+            return Response(408, "body not received")
+
+    async def _process(self, accepted: Accepted) -> Response:
+        app = self.app
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
         def done(item) -> None:  # in the writer thread
             try:
-                self.loop.call_soon_threadsafe(self._processed, accepted, item, keep_alive)
+                loop.call_soon_threadsafe(_resolve, future, item)
             except RuntimeError:  # pragma: no cover - the loop is closed (server stopped)
                 pass
 
         try:
-            item = self.app.processor.submit(accepted.push, on_done=done)
+            item = app.processor.submit(accepted.push, on_done=done)
         except TagDSLError as exc:
-            self._send(self.app.answer(accepted, None, exc), keep_alive)
-            return
+            return app.answer(accepted, None, exc)
         if item is None:  # acknowledged, not stored
-            self._send(self.app.answer(accepted, None), keep_alive)
-            return
-        self.busy = True
-        if self.timer is not None:
-            self.timer.cancel()
-
-    def _processed(self, accepted: Accepted, item, keep_alive: bool) -> None:
-        self.busy = False
+            return app.answer(accepted, None)
+        item = await future
         try:
-            outcome, error = self.app.processor.result(item), None
+            outcome, error = app.processor.result(item), None
         except TagDSLError as exc:
             outcome, error = None, exc
         try:
-            response = self.app.answer(accepted, outcome, error)
+            return app.answer(accepted, outcome, error)
         except Exception as exc:  # pragma: no cover - rendering the reply failed; the push is stored
             log.error("reply to %s not rendered: %s", accepted.push.openid, exc)
-            response = Response(200, "success")
-        if self.closing:
-            return
-        self._send(response, keep_alive)
-        if not self.closing:
-            self._arm()
-            self._advance()
-        if self.paused and not self.closing and not self.busy:
-            self.paused = False
-            self.transport.resume_reading()
+            return Response(200, "success")
 
-    def _send(self, response: Response, keep_alive: bool) -> None:
-        data = response.text.encode("utf-8")
-        head = (f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Error')}\r\n"
-                f"Content-Type: {response.content_type}\r\nContent-Length: {len(data)}\r\n"
-                + ("" if keep_alive else "Connection: close\r\n") + "\r\n")
-        if self.closing:
-            return
-        self.transport.write(head.encode("latin-1") + data)
-        if not keep_alive:
-            self.closing = True
-            self.transport.close()
+
+_CONTENT_TYPES: dict[str, bytes] = {}
+
+
+async def _send(send, response: Response, close: bool = False) -> None:
+    data = response.text.encode("utf-8")
+    content_type = _CONTENT_TYPES.get(response.content_type)
+    if content_type is None:
+        content_type = _CONTENT_TYPES[response.content_type] = response.content_type.encode("latin-1")
+    headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+class _JoinedWrites:
+    """A transport whose writes within one event-loop step are sent as one: uvicorn writes
+    a response's head and its body separately, and uvloop sends each at once (two system
+    calls and two TCP segments per answer otherwise)."""
+
+    __slots__ = ("_transport", "_loop", "_pending")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self._transport = transport
+        self._loop = loop
+        self._pending: Optional[list[bytes]] = None
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            self._pending = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            self._pending.append(data)
+
+    def writelines(self, chunks) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
+class _Uvicorn:
+    """Builds the ``uvicorn.Server`` of one server process (imported lazily: the CLI's other commands
+    do not pay for it)."""
+
+    @staticmethod
+    def protocol():
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        class BoundedHead(HttpToolsProtocol):
+            """uvicorn's httptools protocol with a bound on a request head's memory: llhttp
+            keeps the head of a request without limit, so a client sending headers forever
+            would grow the process. Bytes received while a head is incomplete are counted
+            (a packet's bytes of an earlier request included, hence the margin over MAX_HEAD;
+            the exact 16 KB limit is checked on the parsed head by CallbackASGI)."""
+
+            head_bytes = 0
+
+            def connection_made(self, transport) -> None:
+                super().connection_made(_JoinedWrites(transport, self.loop))
+
+            def data_received(self, data: bytes) -> None:
+                super().data_received(data)
+                if self.head_bytes >= 0:  # a head in progress (or none started): count the packet
+                    self.head_bytes += len(data)
+                    if self.head_bytes > HEAD_BUFFER and not self.transport.is_closing():
+                        log.warning("refused: request head over %d bytes", HEAD_BUFFER)
+                        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                             b"content-type: text/plain; charset=utf-8\r\ncontent-length: 22\r\n"
+                                             b"connection: close\r\n\r\nrequest head too large")
+                        self.transport.close()
+
+            def on_headers_complete(self) -> None:
+                self.head_bytes = -1  # the body (not counted) until the message completes
+                super().on_headers_complete()
+
+            def on_message_complete(self) -> None:
+                self.head_bytes = 0
+                super().on_message_complete()
+
+        return BoundedHead
+
+    @staticmethod
+    def server(asgi: CallbackASGI, *, idle_timeout: float, ready: threading.Event, parent: Optional[int]):
+        import contextlib
+
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets=None) -> None:
+                await super().startup(sockets=sockets)
+                ready.set()
+
+            async def on_tick(self, counter: int) -> bool:
+                if parent is not None and counter % 10 == 0 and os.getppid() != parent:
+                    self.should_exit = True  # the server process is gone (killed): stop too
+                return await super().on_tick(counter)
+
+            @contextlib.contextmanager
+            def capture_signals(self):
+                # uvicorn's own re-raises the signal after its graceful shutdown (a worker
+                # would die of SIGTERM before closing its writer): stop, then return normally.
+                # A worker leaves Ctrl-C to the server process, which stops it with SIGTERM.
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                handled = (signal.SIGTERM,) if parent is not None else (signal.SIGINT, signal.SIGTERM)
+                previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+
+        config = uvicorn.Config(
+            asgi, http=_Uvicorn.protocol(), loop="uvloop", interface="asgi3", lifespan="off", ws="none",
+            log_config=None, access_log=False, proxy_headers=False, server_header=False,
+            timeout_keep_alive=max(1, int(idle_timeout)), timeout_graceful_shutdown=30)
+        return Server(config)
 
 
 class CallbackServer:
-    """The listening socket and its event loop: ``serve_forever()`` in the calling
-    thread, or ``start_background()``; ``shutdown()`` from another thread."""
+    """The listening socket, bound before anything is forked, and uvicorn serving
+    :class:`CallbackASGI` on it (httptools, uvloop): ``serve_forever()`` in the
+    calling thread, or ``start_background()``; ``shutdown()`` from another thread."""
 
     def __init__(self, app: CallbackApp, host: str = "127.0.0.1", port: int = 8080, *, idle_timeout: float = 15.0,
                  workers: int = 1):
@@ -493,15 +579,16 @@ class CallbackServer:
         self.workers = workers
         self._parent: Optional[int] = None  # in a worker process: the pid of the server that forked it
         self.socket = socket.create_server((host, port), backlog=1024)
+        self._port = self.socket.getsockname()[1]
+        self.asgi = CallbackASGI(app, body_timeout=idle_timeout)
+        self.uvicorn = None  # the uvicorn.Server of this process, once serving
         self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self.connections: set[_Connection] = set()
-        self._stop: Optional[asyncio.Future] = None
         self._ready = threading.Event()
         self._stopped = threading.Event()
 
     @property
     def port(self) -> int:
-        return self.socket.getsockname()[1]
+        return self._port
 
     def serve_forever(self) -> None:
         """Serve until ``shutdown()`` (or Ctrl-C); with ``workers > 1``, in that many forked processes."""
@@ -511,40 +598,21 @@ class CallbackServer:
             self._serve()
 
     def _serve(self) -> None:
+        import uvloop
+
         # Two threads share the GIL: the event loop and the writer, whose every
         # statement releases it. At the default 5 ms switch interval the writer
         # waits up to 5 ms per statement while the loop parses requests.
         sys.setswitchinterval(SWITCH_INTERVAL)
-        self.loop = asyncio.new_event_loop()
+        server = _Uvicorn.server(self.asgi, idle_timeout=self.idle_timeout, ready=self._ready, parent=self._parent)
+        self.uvicorn = server
+        self.loop = uvloop.new_event_loop()
         try:
-            listener = self.loop.run_until_complete(
-                self.loop.create_server(lambda: _Connection(self), sock=self.socket))
-            self._stop = self.loop.create_future()
-            if self._parent is not None:
-                self.loop.add_signal_handler(signal.SIGTERM, self._request_stop)
-                self.loop.call_later(1.0, self._watch_parent)
-            self._ready.set()
-            try:
-                self.loop.run_until_complete(self._stop)
-            finally:
-                listener.close()
-                for conn in list(self.connections):
-                    conn.transport.close()
-                self.loop.run_until_complete(asyncio.sleep(0))
+            self.loop.run_until_complete(server.serve(sockets=[self.socket]))
         finally:
             self._ready.set()
             self.loop.close()
             self._stopped.set()
-
-    def _request_stop(self) -> None:
-        if self._stop is not None and not self._stop.done():
-            self._stop.set_result(None)
-
-    def _watch_parent(self) -> None:
-        if os.getppid() != self._parent:  # the server process is gone (killed): stop too
-            self._request_stop()
-        else:
-            self.loop.call_later(1.0, self._watch_parent)
 
     def _prefork(self) -> None:
         """Worker processes sharing the listening socket, each with its own event loop,
@@ -617,9 +685,9 @@ class CallbackServer:
         return thread
 
     def shutdown(self) -> None:
-        if self.loop is not None and self._stop is not None and not self._stopped.is_set():
-            self.loop.call_soon_threadsafe(lambda: self._stop.done() or self._stop.set_result(None))
-            self._stopped.wait(10)
+        if self.uvicorn is not None:
+            self.uvicorn.should_exit = True  # uvicorn looks every 0.1 s, then closes gracefully
+            self._stopped.wait(40)
 
     def server_close(self) -> None:
         self.socket.close()

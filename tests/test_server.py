@@ -445,3 +445,28 @@ def test_sigkill_loses_no_acknowledged_push(project):
         proc.stderr.close()
     again = rows(project, "SELECT COUNT(*) FROM events WHERE key = :k", k=str(acknowledged[0]))
     assert again == [(1,)]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_stops_gracefully(project, signum):
+    env = {**os.environ, **ENV}
+    proc, port = _start(project, env)
+    try:
+        now = int(time.time())
+        sig = sha1_signature(TOKEN, str(now), "g")
+        assert request(port, "POST", f"signature={sig}&timestamp={now}&nonce=g",
+                       text_xml("o_quiet", "1", 4242, now).encode()) == (200, "success")
+        # An idle keep-alive connection does not hold the shutdown up.
+        idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        idle.request("GET", f"/wechat?signature={sig}&timestamp={now}&nonce=g&echostr=e")
+        assert idle.getresponse().read() == b"e"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == 0
+        assert "Traceback" not in proc.stderr.read()
+        idle.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert rows(project, "SELECT key FROM events WHERE openid = 'o_quiet' AND type = 'text'") == [("1",)]
