@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import sqlite3
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -209,16 +210,51 @@ def check_schema(engine: sa.Engine, config: Config) -> None:
     """Every configured table and column exists, or a StoreError naming the first missing one."""
     shown = redact_url(engine.url)
     fold = engine.dialect.name == "mysql"  # MySQL column names are case-insensitive
+    configured = _configured_tables(config)
     with db_errors(engine.url, "reading the schema"):
-        insp = sa.inspect(engine)
-        for table, origin, columns in _configured_tables(config):
-            if not insp.has_table(table):
+        found = _table_columns(engine, [table for table, _, _ in configured])
+        for table, origin, columns in configured:
+            if found[table] is None:
                 raise StoreError(f"table `{table}` not found in {shown} (configured as {origin} in tagdsl.toml)")
-            present = {(c["name"].lower() if fold else c["name"]) for c in insp.get_columns(table)}
+            present = {(c.lower() if fold else c) for c in found[table]}
             for column, where in columns:
                 if (column.lower() if fold else column) not in present:
                     raise StoreError(f"column `{table}.{column}` not found in {shown} "
                                      f"(configured as {where} in tagdsl.toml)")
+
+
+def _table_columns(engine: sa.Engine, tables: list[str]) -> dict[str, Optional[list[str]]]:
+    """{table: its column names, or None where there is no such table or view},
+    looked up as SQLAlchemy's inspector does (PostgreSQL: visible on the
+    search path; SQLite: the main schema, names case-insensitive), in one
+    catalog query instead of two reflection queries per table."""
+    dialect = engine.dialect.name
+    out: dict[str, Optional[list[str]]] = {t: None for t in tables}
+    if dialect == "postgresql":
+        query = sa.text(
+            "SELECT c.relname, a.attname FROM pg_catalog.pg_class c "
+            "LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+            "WHERE c.relname = ANY(:names) AND c.relkind IN ('r', 'p', 'f', 'v', 'm') "
+            "AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY c.relname, a.attnum")
+        with engine.connect() as conn:
+            for table, column in conn.execute(query, {"names": list(out)}):
+                out[table] = out[table] or []
+                if column is not None:
+                    out[table].append(column)
+        return out
+    if dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 26):  # pragma_table_xinfo
+        names = list(out)
+        query = " UNION ALL ".join(f"SELECT {i} AS i, name FROM pragma_table_xinfo(:t{i}, 'main')"
+                                   for i in range(len(names)))
+        with engine.connect() as conn:
+            for i, column in conn.execute(sa.text(query), {f"t{i}": n for i, n in enumerate(names)}):
+                out[names[i]] = (out[names[i]] or []) + [column]
+        return out
+    insp = sa.inspect(engine)
+    for table in tables:
+        if insp.has_table(table):
+            out[table] = [c["name"] for c in insp.get_columns(table)]
+    return out
 
 
 # -- reading one follower ------------------------------------------------------------------------

@@ -139,3 +139,126 @@ def test_the_diff_path_writes_memberships_changes_and_counts(url):
     again = apply(url, config, T0 + DAY)
     assert (again.added, again.removed) == (0, 0)
     assert query(url, "SELECT COUNT(*) FROM tagdsl_changes WHERE run_id = :r", {"r": again.run_id}) == [(0,)]
+
+
+# -- the read-only difference (re-apply on PostgreSQL and SQLite) ---------------------------------------------
+
+# 70 tags and a group: two mask words, so the per-word parts of the
+# difference are exercised (63 tags to a word).
+WIDE = "\n".join(f'tag "T{i:02d}" when age >= {i} {{ priority {i % 7} }}' for i in range(70)) + '''
+group "G" exclusive {
+  tag "G1" when age >= 40 { priority 1 }
+  tag "G2" when age >= 0 { priority 1 }
+}
+tag "VIP" manual
+'''
+
+
+def run_sequence(url, diff_first):
+    """First apply, changes in the store, a re-apply (dry, then real), a no-op
+    re-apply; everything each step reports and writes."""
+    config = Config(limits={"max_tags_per_follower": 100})
+    rs = load_ruleset(texts={"w.tag": WIDE}, config=config)
+    make_store(url, config, followers=[{"openid": o, "age": a} for o, a in
+                                       (("a", 10), ("b", 50), ("c", 65), ("d", None), ("e", 30))],
+               memberships=[{"openid": "a", "tag": "VIP", "source": "manual", "assigned_at": T0},
+                            {"openid": "b", "tag": "T05", "source": "import", "assigned_at": T0}])
+    out = []
+
+    def step(as_of, dry_run=False):
+        with Engine(config, url) as engine:
+            engine.diff_first = diff_first
+            r = engine.apply(rs, as_of=as_of, dry_run=dry_run)
+        changes = set(query(url, "SELECT openid, tag, action, reason FROM tagdsl_changes WHERE run_id = :r",
+                            {"r": r.run_id})) if r.run_id else set()
+        run = query(url, "SELECT status, added, removed, dropped, followers FROM tagdsl_runs WHERE id = :r",
+                    {"r": r.run_id}) if r.run_id else []
+        out.append((r.added, r.removed, r.followers, r.dropped, {t: c.to_dict() for t, c in r.tags.items()},
+                    held(url), changes, run))
+        return r
+
+    first = step(T0)
+    assert (first.added, first.removed) == (11 + 51 + 66 + 31 + 4, 0)  # T00..T<age>, one of the group
+    db = store.connect(url)
+    with db.begin() as conn:
+        conn.execute(sa.text("UPDATE followers SET age = 20 WHERE openid = 'a'"))
+        conn.execute(sa.text("UPDATE followers SET age = 5 WHERE openid = 'b'"))
+        conn.execute(sa.text("DELETE FROM followers WHERE openid = 'c'"))  # its rule tags go
+        conn.execute(sa.text("INSERT INTO followers (openid, age) VALUES ('f', 69)"))
+        for openid, tag, source in (("a", "旧规则", "rule"), ("ghost", "T01", "rule"), ("ghost", "VIP", "manual")):
+            conn.execute(sa.text("INSERT INTO tagdsl_memberships (openid, tag, source, assigned_at) "
+                                 "VALUES (:o, :t, :s, :a)"), {"o": openid, "t": tag, "s": source, "a": T0})
+    db.dispose()
+    dry = step(T0 + DAY, dry_run=True)
+    again = step(T0 + DAY)
+    # a: T11..T20; b: -T06..T50, G1 -> G2; c gone: -66 and G1; f: +70 and G1; ghost: -T01
+    assert (dry.added, dry.removed) == (again.added, again.removed) == (10 + 1 + 71, 45 + 1 + 67 + 1)
+    noop = step(T0 + 2 * DAY)
+    assert (noop.added, noop.removed) == (0, 0)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_read_only_difference_reports_and_writes_what_the_other_paths_do(backend, tmp_path):
+    with isolated_engine(backend, tmp_path) as (_e1, diff_url), isolated_engine(backend, tmp_path) as (_e2, url):
+        by_diff = run_sequence(diff_url, diff_first=True)
+        other = run_sequence(url, diff_first=False)
+    assert by_diff == other
+    final = by_diff[-1][5]
+    # manual and imported memberships untouched; out-of-scope rule rows kept;
+    # the rule rows of followers no longer in the followers table removed
+    assert {("a", "VIP", "manual"), ("b", "T05", "import"), ("ghost", "VIP", "manual"),
+            ("a", "旧规则", "rule")} <= final
+    assert not {m for m in final if m[0] in ("c", "ghost") and m[2] == "rule"}
+    assert ("f", "G1", "rule") in final and ("b", "G2", "rule") in final and ("b", "G1", "rule") not in final
+
+
+# -- the schema check: one catalog query per store ---------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_schema_check_names_what_is_missing_and_accepts_a_view(backend, tmp_path):
+    config = Config()
+    with isolated_engine(backend, tmp_path) as (_e, url):
+        make_store(url, config, followers=[{"openid": "x", "age": 30}])
+        db = store.connect(url)
+        try:
+            store.check_schema(db, config)  # everything there
+            with db.begin() as conn:
+                conn.execute(sa.text("CREATE VIEW members AS SELECT * FROM followers"))
+                conn.execute(sa.text("CREATE TABLE other_orders (openid VARCHAR(64), created_at TIMESTAMP)"))
+            store.check_schema(db, Config(followers={"table": "members"}))
+            shown = store.redact_url(url)
+            with pytest.raises(store.StoreError) as info:
+                store.check_schema(db, Config(followers={"table": "nobody"}))
+            assert str(info.value) == (f"table `nobody` not found in {shown} "
+                                       "(configured as [followers] table in tagdsl.toml)")
+            with pytest.raises(store.StoreError) as info:
+                store.check_schema(db, Config(sources={"orders": {"table": "other_orders", "time": "created_at",
+                                                                  "fields": {"amount": "decimal"}}}))
+            assert str(info.value) == (f"column `other_orders.amount` not found in {shown} "
+                                       "(configured as sources.orders.fields.amount in tagdsl.toml)")
+        finally:
+            db.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tags_held_from_other_sources_are_found_on_either_side_of_rule(backend, tmp_path):
+    # Sources sort before ('import', 'manual') and after ('sync', 'wechat')
+    # 'rule' in the (tag, source) index the walk uses; rule-only tags are not found.
+    config = Config(limits={"max_tags_per_follower": 6})
+    rows = [("a", "A", "rule"), ("a", "B", "rule"), ("b", "B", "rule"), ("a", "VIP", "manual"),
+            ("b", "老客", "import"), ("c", "X", "wechat"), ("c", "C", "rule"), ("c", "C", "sync")]
+    with isolated_engine(backend, tmp_path) as (_e, url):
+        make_store(url, config, followers=[{"openid": o, "age": 30} for o in "abc"],
+                   memberships=[{"openid": o, "tag": t, "source": s, "assigned_at": T0} for o, t, s in rows])
+        with Engine(config, url) as engine, engine.db.connect() as conn:
+            assert sorted(engine._tags_held_otherwise(conn)) == sorted(["VIP", "老客", "X", "C"])
+            rs = load_ruleset(texts={"t.tag": RULES}, config=config)
+            # at most 4 computed tags: c's 2 tags from other sources fit in 6, a third does not
+            assert not engine._limit_can_bind(conn, rs, 6)
+            assert engine._limit_can_bind(conn, rs, 5)
+        # c's C is held from `sync`, so its computed tags add 3 to its 2: 5 fit in 5
+        assert apply(url, Config(limits={"max_tags_per_follower": 5})).dropped == []
+        # with 4, everyone is one over and loses the lowest priority computed tag
+        tight = apply(url, Config(limits={"max_tags_per_follower": 4}), T0 + DAY)
+        assert [(d.openid, d.tag) for d in tight.dropped] == [("a", "G1"), ("b", "G1"), ("c", "G1")]

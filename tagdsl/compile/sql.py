@@ -673,6 +673,28 @@ class _Expr:
 
 # -- public API -------------------------------------------------------------------------------------
 
+@dataclass
+class DesiredFlags:
+    """Per-follower tag masks: ``flags`` has ``openid`` and one BIGINT mask
+    column ``m<w>`` per word in ``words``; bit ``tag_list.bit`` of mask
+    ``m<tag_list.word>`` is set when the follower gets ``tag_list.tag``
+    (WORD_BITS tags per word; a word without any tag has no column)."""
+
+    flags: CTE
+    words: list[int]
+    tag_list: FromClause
+    bits: dict[str, tuple[int, int]]  # tag -> (word, bit value), as in tag_list
+
+    def mask_for(self, row: FromClause, tl: FromClause, column: str = "m{}") -> ColumnElement:
+        """The mask word of ``row`` (columns named ``column.format(word)``) that
+        holds ``tl``'s bit: one column, or a CASE on ``tl.word``."""
+        cols = [row.c[column.format(w)] for w in self.words]
+        if len(cols) == 1:
+            return cols[0]
+        return case(*[(tl.c.word == literal_column(str(w)), col) for w, col in zip(self.words, cols)],
+                    else_=literal_column("0", BigInteger()))
+
+
 class SqlCompiler:
     """Builds SQLAlchemy Core statements for one checked ruleset.
 
@@ -721,8 +743,25 @@ class SqlCompiler:
     def desired_memberships(self, as_of: dt.datetime, tags: Sequence[str] | None = None) -> Select:
         """(openid, tag, priority) for every follower and computed tag whose
         effective condition holds at ``as_of``."""
+        d = self.desired_flags(as_of, tags)
+        if d is None:
+            openid = self.tables.followers.c[self.config.followers.id].label("openid")
+            return (select(openid, literal(None, String()).label("tag"), literal(0, Integer()).label("priority"))
+                    .where(false()))
+        tl = d.tag_list
+        return (select(d.flags.c.openid, tl.c.tag, tl.c.priority)
+                .select_from(d.flags.join(tl, d.mask_for(d.flags, tl).bitwise_and(tl.c.bit).self_group()
+                                          != literal_column("0"))))
+
+    def desired_flags(self, as_of: dt.datetime, tags: Sequence[str] | None = None) -> Optional["DesiredFlags"]:
+        """The per-follower tag masks ``desired_memberships`` expands (None
+        without computed tags): the ``flags`` CTE (openid, m0, m1, …) and the
+        tag list (word, bit, tag, priority). Lets a caller compare masks with
+        stored memberships per follower instead of per (follower, tag)."""
         rules = self.ruleset.computed if tags is None else [self._computed(n) for n in dict.fromkeys(tags)]
-        b = _Build(self, as_of)
+        b = _Build(self, as_of)  # checks as_of even without rules
+        if not rules:
+            return None
         # One flag column per plain tag, one winner column per exclusive group
         # (covering its members up to the last one asked for).
         group_upto: dict[str, int] = {}
@@ -736,9 +775,6 @@ class SqlCompiler:
         b.collect(roots)
         x = b.expr()
         openid = b.follower_id.label("openid")
-        if not rules:
-            return (select(openid, literal(None, String()).label("tag"), literal(0, Integer()).label("priority"))
-                    .where(false()))
         # One bit per tag in per-follower masks (63 tags to a BIGINT word), joined
         # to the list of tags on `mask & bit`: the per-follower row is read once,
         # whatever the number of tags (MariaDB materialises a CTE once per
@@ -780,14 +816,8 @@ class SqlCompiler:
             for r in rules
         ]
         tl = (tag_list[0] if len(tag_list) == 1 else union_all(*tag_list)).subquery("tag_list")
-        word_masks = [flags.c[m.name] for m in masks]
-        if len(word_masks) == 1:
-            mask = word_masks[0]
-        else:
-            mask = case(*[(tl.c.word == literal_column(str(int(m.name[1:]))), m) for m in word_masks],
-                        else_=literal_column("0", BigInteger()))
-        return (select(flags.c.openid, tl.c.tag, tl.c.priority)
-                .select_from(flags.join(tl, mask.bitwise_and(tl.c.bit).self_group() != literal_column("0"))))
+        return DesiredFlags(flags, [int(m.name[1:]) for m in masks], tl,
+                            {r.name: (slot[r.name][0], 1 << slot[r.name][1]) for r in rules})
 
     def audience_select(self, condition: ir.Expr | str, as_of: dt.datetime) -> Select:
         """The followers (column ``openid``) for whom ``condition`` (or the named audience) holds."""
