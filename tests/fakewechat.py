@@ -292,6 +292,7 @@ class FakeWeChat:
         self.host, self._requested_port = host, port
         self._lock = threading.RLock()
         self._stopping = threading.Event()
+        self._slow_pending = 0  # `slow` calls waiting to be applied (the client may have given up on them)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -752,8 +753,28 @@ class FakeWeChat:
         if fault == "drop":
             return 0, None, True
         if fault == "slow":
-            self._stopping.wait(self.slow_delay)  # outside the lock: other calls go on meanwhile
+            with self._lock:
+                self._slow_pending += 1
+            try:
+                self._stopping.wait(self.slow_delay)  # outside the lock: other calls go on meanwhile
+                return self._apply(product, handler, endpoint, query, raw, fault, entry)
+            finally:
+                with self._lock:
+                    self._slow_pending -= 1
+        return self._apply(product, handler, endpoint, query, raw, fault, entry)
 
+    def wait_settled(self, timeout: float = 10.0) -> None:
+        """Wait until every delayed (`slow`) call has been applied, as the real
+        platform eventually applies a request whose answer the client gave up on."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._slow_pending == 0:
+                    return
+            time.sleep(0.01)
+        raise AssertionError("delayed calls still pending")
+
+    def _apply(self, product, handler, endpoint, query, raw, fault, entry):
         try:
             if fault in ("busy", "quota", "expired"):
                 raise ApiError({"busy": -1, "quota": 45009, "expired": 42001}[fault], "injected")
