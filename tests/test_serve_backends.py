@@ -6,9 +6,7 @@ equal to what `apply` computes."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import http.client
-from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -21,15 +19,9 @@ from runtime.engine import Engine
 from runtime.server import make_server
 from tagdsl import load_ruleset
 from tagdsl.config import load_config
-
-TZ = ZoneInfo("Asia/Shanghai")
-T = dt.datetime(2026, 5, 1, 12, 0, 0)
-NOW = int(T.replace(tzinfo=TZ).timestamp())
-TOKEN = "tagdsltoken"
-AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
-APPID = "wx0123456789abcdef"
-ENV = {"WECHAT_TOKEN": TOKEN, "WECHAT_AES_KEY": AES_KEY}
-ACCOUNT = "gh_0123456789ab"
+# The server's clock, credentials and push builders are test_server's.
+from test_server import ACCOUNT, AES_KEY, APPID, ENV, NOW, TOKEN, TZ, T, event_xml, text_xml
+from test_server import sha1_signature as sha1
 
 # No time windows: whatever the server writes, an apply at the same instant must leave alone.
 RULES = """
@@ -104,23 +96,6 @@ def query(config, sql, **params):
             return [tuple(r) for r in conn.execute(sa.text(sql), params)]
     finally:
         db.dispose()
-
-
-def sha1(*parts):
-    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
-
-
-def text_xml(openid, content, msg_id, created=NOW - 1):
-    return (f"<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>"
-            f"<CreateTime>{created}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
-            f"<Content><![CDATA[{content}]]></Content><MsgId>{msg_id}</MsgId></xml>")
-
-
-def event_xml(openid, event, key=None, created=NOW - 1):
-    key_xml = f"<EventKey><![CDATA[{key}]]></EventKey>" if key is not None else ""
-    return (f"<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>"
-            f"<CreateTime>{created}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
-            f"<Event><![CDATA[{event}]]></Event>{key_xml}</xml>")
 
 
 def post(port, query_string, body):
