@@ -7,13 +7,11 @@ per-follower limit are applied there with joins and a window function, and
 only the difference against the stored rule-sourced memberships is written,
 in one transaction under the store's apply lock, together with the run row,
 the change rows (audit log) and the limit drops. No follower passes through
-Python. On PostgreSQL, when neither expiry nor the limit can act (the limit
-provably cannot bind), all of it is one statement with data-modifying CTEs
-and no scratch table (``Engine._apply_one_statement``). In that same case,
-when rule memberships of the ruleset's tags are already stored (a re-apply,
-where few change), PostgreSQL and SQLite first compute the difference with a
-read-only statement that compares per-follower tag masks (parallel workers
-on PostgreSQL), then write only the changed rows
+Python. When neither expiry nor the limit can act (the limit provably cannot
+bind), PostgreSQL, and SQLite when rule memberships of the ruleset's tags are
+already stored (a re-apply, where few change), first compute the difference
+with a read-only statement that compares per-follower tag masks (parallel
+workers on PostgreSQL), then write only the changed rows
 (``Engine._apply_by_mask_diff``).
 """
 
@@ -390,8 +388,6 @@ class Engine:
         if dialect in ("postgresql", "sqlite") and scope and not expiring and not limit_binds:
             if self._diff_first(conn, scope):
                 return self._apply_by_mask_diff(conn, rs, as_of, run_id, steps, scope, limit)
-            if dialect == "postgresql":
-                return self._apply_one_statement(conn, rs, as_of, run_id, steps, scope, limit)
 
         scratch = _scratch_tables(T.prefix)
         _drop_scratch(conn, scratch)  # left over on a pooled connection
@@ -551,7 +547,7 @@ class Engine:
                 counts={name: c.to_dict() for name, c in counts.items()}))
         return result
 
-    # -- apply in one statement (PostgreSQL) ---------------------------------------------------------------
+    # -- the limit -----------------------------------------------------------------------------------------
     def _limit_can_bind(self, conn, rs: I.Ruleset, limit: Optional[int]) -> bool:
         """Whether the per-follower limit could drop a tag for anyone: a follower
         gets at most one tag per exclusive group and one per other computed tag;
@@ -592,95 +588,30 @@ class Engine:
             f"EXISTS (SELECT 1 FROM {name} o WHERE o.tag = t.tag AND o.source < 'rule') OR "
             f"EXISTS (SELECT 1 FROM {name} o WHERE o.tag = t.tag AND o.source > 'rule'))").scalars())
 
-    def _apply_one_statement(self, conn, rs: I.Ruleset, as_of: dt.datetime, run_id: Optional[int],
-                             steps: "_Steps", scope: list[str], limit: Optional[int]) -> ApplyResult:
-        """apply when neither expiry nor the limit can act (PostgreSQL): the
-        rules query, the difference with the stored rule memberships, the
-        membership and change writes and the per-tag counts in one statement
-        (data-modifying CTEs, which all see the memberships as they were
-        before it). No scratch table and no row materialised twice."""
-        T = self.tables
-        m, ch = T.memberships, T.changes
-        rule = m.c.source == "rule"
-        desired = self._compiler(rs).desired_memberships(as_of).cte("desired")
-        # One hash full join of what the rules give with the stored rule
-        # memberships finds both sides of the difference (two anti joins hash
-        # the 415k rows of each side twice: about 1.5 s more at 100k followers).
-        stored = select(m.c.openid, m.c.tag).where(rule, m.c.tag.in_(scope)).subquery("stored")
-        diff = (select(func.coalesce(desired.c.openid, stored.c.openid).label("openid"),
-                       func.coalesce(desired.c.tag, stored.c.tag).label("tag"),
-                       stored.c.openid.is_(None).label("is_added"))
-                .select_from(desired.outerjoin(stored, and_(stored.c.openid == desired.c.openid,
-                                                            stored.c.tag == desired.c.tag), full=True))
-                .where(or_(stored.c.openid.is_(None), desired.c.openid.is_(None)))
-                .cte("diff"))
-        added = select(diff.c.openid, diff.c.tag).where(diff.c.is_added).cte("added")
-        removed = select(diff.c.openid, diff.c.tag).where(~diff.c.is_added).cte("removed")
-        report = union_all(
-            select(literal("total").label("what"), desired.c.tag, func.count().label("n")).group_by(desired.c.tag),
-            select(literal("added"), added.c.tag, func.count()).group_by(added.c.tag),
-            select(literal("removed"), removed.c.tag, func.count()).group_by(removed.c.tag),
-        )
-        if run_id is not None:
-            rid = literal(run_id, BigInteger())
-            change_cols = ["run_id", "openid", "tag", "action", "reason"]
-            report = report.add_cte(
-                insert(m).from_select(
-                    ["openid", "tag", "source", "assigned_at", "run_id"],
-                    select(added.c.openid, added.c.tag, literal("rule"), literal(as_of, DateTime()), rid))
-                .cte("write_added"),
-                delete(m).where(rule, exists().where(removed.c.openid == m.c.openid, removed.c.tag == m.c.tag))
-                .cte("write_removed"),
-                insert(ch).from_select(change_cols, union_all(
-                    select(rid, added.c.openid, added.c.tag, literal("added"), literal("rule")),
-                    select(rid, removed.c.openid, removed.c.tag, literal("removed"), literal("rule"))))
-                .cte("write_changes"),
-            )
-        # Expiry state of tags that no longer expire is cleared, as in the general path.
-        e = T.expirations
-        conn.execute(delete(e).where(e.c.tag.in_(scope)))
-        # The row estimates of `desired` are about 6x too high (see the rules
-        # query), and PostgreSQL then sorts both sides of a merge join by openid
-        # with the column's collation instead of hashing: 1.9 s instead of 0.6 s
-        # for one side of the difference at 100k followers.
-        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
-        # The hash joins and aggregates of this statement spill to disk in many
-        # batches at the default 4 MB (re-apply at 100k followers: median 3.0 s
-        # instead of 3.8 s over 6 alternating runs). Applies are serialised by
-        # the store's lock, so this is one statement's worth of memory at a time.
-        conn.exec_driver_sql("SET LOCAL work_mem = '32MB'")
-        counts = {name: TagCount() for name in scope}
-        for what, tag, n in conn.execute(report):
-            if what == "total":
-                counts[tag].total = n
-            elif what == "added":
-                counts[tag].added = n
-            else:
-                counts[tag].removed = n
-        for name in ("rules", "expiry", "limit", "diff", "write"):  # all done by the one statement
-            steps(name)
-        result = self._finish_run(conn, run_id, as_of, counts, [], 0, limit)
-        steps("report")
-        return result
-
     # -- re-apply: a read-only difference, then only the changes (PostgreSQL) --------------------------
     def _diff_first(self, conn, scope: list[str]) -> bool:
-        """Whether to compute the difference read-only first: when the store
-        already holds rule memberships of these tags (a re-apply, where few
-        change). A first apply changes everything: one statement is cheaper."""
+        """Whether to compute the difference read-only first. PostgreSQL:
+        always (the read-only statement runs with parallel workers; a first
+        apply at 1M followers took 33 s this way, 49 s as one writing
+        statement). SQLite: when the store already holds rule memberships of
+        these tags (a re-apply, where few change); a first apply there is
+        cheaper through the scratch tables."""
         if self.diff_first is not None:
             return self.diff_first
+        if conn.dialect.name == "postgresql":
+            return True
         m = self.tables.memberships
         return conn.execute(select(literal(1)).where(
             exists().where(m.c.source == "rule", m.c.tag.in_(scope)))).first() is not None
 
     def _apply_by_mask_diff(self, conn, rs: I.Ruleset, as_of: dt.datetime, run_id: Optional[int],
                             steps: "_Steps", scope: list[str], limit: Optional[int]) -> ApplyResult:
-        """apply when neither expiry nor the limit can act and rule memberships
-        are stored (PostgreSQL). A statement that writes never runs in
-        parallel; so the difference is computed first by a read-only query
-        (``CREATE TEMP TABLE … AS SELECT``, which PostgreSQL runs with parallel
-        workers), then only the changed rows are written from it.
+        """apply when neither expiry nor the limit can act (PostgreSQL; SQLite
+        when rule memberships are stored). A statement that writes never runs
+        in parallel on PostgreSQL; so the difference is computed first by a
+        read-only query (``CREATE TEMP TABLE … AS SELECT``, which it runs with
+        parallel workers), then only the changed rows are written from it. A
+        first apply writes in bulk (see _drop_membership_indexes).
 
         The difference compares per follower, not per (follower, tag): the
         stored rule memberships are summed into the same bit masks as the
@@ -754,8 +685,12 @@ class Engine:
                   .select_from(by_mask.join(tl, d.mask_for(by_mask, tl).bitwise_and(tl.c.bit).self_group() != zero))
                   .group_by(tl.c.tag))
         diff = self._diff
-        # As in the one-statement path: estimates far too high, merge joins
-        # sorting by the column's collation, hashes spilling at 4 MB.
+        # PostgreSQL: the rules query's row estimates are about 6x too high, and
+        # the planner then sorts both sides of merge joins by the column's
+        # collation instead of hashing (1.9 s instead of 0.6 s for one side at
+        # 100k followers); at the default 4 MB work_mem its hash joins and
+        # aggregates spill to disk in many batches. Applies are serialised by
+        # the store's lock: one statement's worth of memory at a time.
         if dialect == "postgresql":
             conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
             conn.exec_driver_sql("SET LOCAL work_mem = '32MB'")
@@ -766,29 +701,6 @@ class Engine:
         for name in ("rules", "expiry", "limit", "diff"):
             steps(name)
 
-        # Expiry state of tags that no longer expire is cleared, as in the general path.
-        e = T.expirations
-        conn.execute(delete(e).where(e.c.tag.in_(scope)))
-        if run_id is not None:
-            rid = literal(run_id, BigInteger())
-            conn.execute(insert(m).from_select(
-                ["openid", "tag", "source", "assigned_at", "run_id"],
-                select(diff.c.openid, diff.c.tag, literal("rule"), literal(as_of, DateTime()), rid)
-                .where(diff.c.kind == "added")))
-            removed = select(diff.c.openid, diff.c.tag).where(diff.c.kind == "removed")
-            if dialect == "sqlite":
-                # Driven by the (few) removed rows through the primary key, not
-                # by a scan of every stored membership.
-                conn.execute(delete(m).where(m.c.source == "rule", sa.tuple_(m.c.openid, m.c.tag).in_(removed)))
-            else:
-                conn.execute(delete(m).where(m.c.source == "rule", exists(
-                    removed.where(diff.c.openid == m.c.openid, diff.c.tag == m.c.tag))))
-            conn.execute(insert(ch).from_select(
-                ["run_id", "openid", "tag", "action", "reason"],
-                select(rid, diff.c.openid, diff.c.tag, diff.c.kind, literal("rule"))
-                .where(diff.c.kind.in_(["added", "removed"])).order_by(diff.c.kind)))
-        steps("write")
-
         counts = {name: TagCount() for name in scope}
         for kind, tag, rows, n in conn.execute(select(diff.c.kind, diff.c.tag, func.count(), func.sum(diff.c.n))
                                                .group_by(diff.c.kind, diff.c.tag)):
@@ -798,10 +710,82 @@ class Engine:
                 counts[tag].added = rows
             else:
                 counts[tag].removed = rows
+
+        # Expiry state of tags that no longer expire is cleared, as in the general path.
+        e = T.expirations
+        conn.execute(delete(e).where(e.c.tag.in_(scope)))
+        if run_id is not None:
+            rid = literal(run_id, BigInteger())
+            adding = sum(c.added for c in counts.values())
+            rebuild = self._drop_membership_indexes(conn, adding) if dialect == "postgresql" else None
+            added = (select(diff.c.openid, diff.c.tag, literal("rule"), literal(as_of, DateTime()), rid)
+                     .where(diff.c.kind == "added"))
+            if rebuild is None:
+                # In primary key order: the key's B-tree then fills page by page
+                # instead of at random places (4.15M rows at 1M followers on
+                # PostgreSQL: 18 s instead of 35 s).
+                added = added.order_by(diff.c.openid, diff.c.tag)
+            if adding:
+                conn.execute(insert(m).from_select(["openid", "tag", "source", "assigned_at", "run_id"], added))
+            removed = select(diff.c.openid, diff.c.tag).where(diff.c.kind == "removed")
+            if not any(c.removed for c in counts.values()):
+                pass  # a first apply: no scan of the memberships for nothing
+            elif dialect == "sqlite":
+                # Driven by the (few) removed rows through the primary key, not
+                # by a scan of every stored membership.
+                conn.execute(delete(m).where(m.c.source == "rule", sa.tuple_(m.c.openid, m.c.tag).in_(removed)))
+            else:
+                conn.execute(delete(m).where(m.c.source == "rule", exists(
+                    removed.where(diff.c.openid == m.c.openid, diff.c.tag == m.c.tag))))
+            for statement in rebuild or ():
+                conn.exec_driver_sql(statement)
+            conn.execute(insert(ch).from_select(
+                ["run_id", "openid", "tag", "action", "reason"],
+                select(rid, diff.c.openid, diff.c.tag, diff.c.kind, literal("rule"))
+                .where(diff.c.kind.in_(["added", "removed"]))))
+        steps("write")
         _drop_temp(conn, diff)
         result = self._finish_run(conn, run_id, as_of, counts, [], 0, limit)
         steps("report")
         return result
+
+    # A bulk insert into B-tree indexes costs far more than building them
+    # afterwards: 4.15M memberships at 1M followers took 18 s inserted in key
+    # order and 12 s inserted bare with the indexes built after.
+    REBUILD_MIN_ROWS = 100_000
+
+    def _drop_membership_indexes(self, conn, adding: int) -> Optional[list[str]]:
+        """PostgreSQL, when ``adding`` rows at least double the memberships
+        table (a first apply): drop its primary key and indexes and return the
+        statements that re-create them, as they were. Inside the apply's
+        transaction, so a failure restores them; concurrent readers of the
+        table wait for the apply to commit. None when not worth it, or when a
+        foreign key refers to the table."""
+        if adding < self.REBUILD_MIN_ROWS:
+            return None
+        m = self.tables.memberships
+        name = conn.dialect.identifier_preparer.format_table(m)
+        quote = conn.dialect.identifier_preparer.quote
+        oid = {"t": name}
+        held = conn.execute(sa.text("SELECT reltuples FROM pg_class WHERE oid = CAST(:t AS regclass)"), oid).scalar()
+        if held is None or held < 0:  # never analysed
+            held = conn.execute(select(func.count()).select_from(m)).scalar_one()
+        if adding < held or conn.execute(sa.text(
+                "SELECT 1 FROM pg_constraint WHERE confrelid = CAST(:t AS regclass)"), oid).first():
+            return None
+        constraints = conn.execute(sa.text(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = CAST(:t AS regclass) AND contype IN ('p', 'u', 'x') ORDER BY conname"), oid).all()
+        indexes = conn.execute(sa.text(
+            "SELECT CAST(indexrelid AS regclass)::text, pg_get_indexdef(indexrelid) FROM pg_index "
+            "WHERE indrelid = CAST(:t AS regclass) AND indexrelid NOT IN "
+            "(SELECT conindid FROM pg_constraint WHERE conrelid = CAST(:t AS regclass)) ORDER BY 1"), oid).all()
+        for constraint, _ in constraints:
+            conn.exec_driver_sql(f"ALTER TABLE {name} DROP CONSTRAINT {quote(constraint)}")
+        for index, _ in indexes:
+            conn.exec_driver_sql(f"DROP INDEX {index}")
+        return ([f"ALTER TABLE {name} ADD CONSTRAINT {quote(c)} {d}" for c, d in constraints]
+                + [d for _, d in indexes])
 
     # -- preview -----------------------------------------------------------------------------------
     def audience(self, expr_or_audience, ruleset: RulesetLike = None) -> tuple[str, I.Ruleset, I.Expr]:

@@ -66,6 +66,15 @@ def query(url, sql, params=None):
         db.dispose()
 
 
+def execute(url, sql):
+    db = store.connect(url)
+    try:
+        with db.begin() as conn:
+            conn.execute(sa.text(sql))
+    finally:
+        db.dispose()
+
+
 def held(url):
     return set(query(url, "SELECT openid, tag, source FROM tagdsl_memberships"))
 
@@ -262,3 +271,138 @@ def test_tags_held_from_other_sources_are_found_on_either_side_of_rule(backend, 
         # with 4, everyone is one over and loses the lowest priority computed tag
         tight = apply(url, Config(limits={"max_tags_per_follower": 4}), T0 + DAY)
         assert [(d.openid, d.tag) for d in tight.dropped] == [("a", "G1"), ("b", "G1"), ("c", "G1")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_audit_table_is_keyed_only_where_the_backend_needs_it(backend, tmp_path):
+    # PostgreSQL and SQLite: no surrogate key (PostgreSQL's run index is a
+    # BRIN); MySQL: an AUTO_INCREMENT primary key. Either way a tag's history
+    # reads in order by run.
+    config = Config()
+    with isolated_engine(backend, tmp_path) as (_e, url):
+        make_store(url, config, followers=[{"openid": "a", "age": 30}])
+        apply(url, config)
+        execute(url, "UPDATE followers SET age = 10 WHERE openid = 'a'")
+        make_store(url, config, followers=[{"openid": "b", "age": 20}])
+        apply(url, config, T0 + DAY)
+        assert query(url, "SELECT openid, tag, action FROM tagdsl_changes WHERE tag = 'G1' "
+                          "ORDER BY run_id, openid") == [
+            ("a", "G1", "added"), ("a", "G1", "removed"), ("b", "G1", "added")]
+        db = store.connect(url)
+        try:
+            insp = sa.inspect(db)
+            columns = [c["name"] for c in insp.get_columns("tagdsl_changes")]
+            key = insp.get_pk_constraint("tagdsl_changes")["constrained_columns"]
+            if backend == "mysql":
+                assert columns[0] == "id" and key == ["id"]
+                assert query(url, "SELECT extra FROM information_schema.columns WHERE table_schema = DATABASE() "
+                                  "AND table_name = 'tagdsl_changes' AND column_name = 'id'") == [("auto_increment",)]
+            else:
+                assert "id" not in columns and key == []
+            if backend == "postgresql":
+                assert query(url, "SELECT am.amname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                                  "JOIN pg_am am ON am.oid = c.relam "
+                                  "WHERE c.relname = 'ix_tagdsl_changes_run'") == [("brin",)]
+        finally:
+            db.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_store_whose_audit_table_has_an_id_column_still_applies(backend, tmp_path):
+    # Stores created by earlier versions: `tagdsl_changes` with an
+    # autoincrement `id` primary key and a B-tree run index.
+    config = Config()
+    old = sa.MetaData()
+    sa.Table("tagdsl_changes", old,
+             sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+             sa.Column("run_id", sa.BigInteger, nullable=False), sa.Column("openid", sa.String(64), nullable=False),
+             sa.Column("tag", sa.String(128), nullable=False), sa.Column("action", sa.String(16), nullable=False),
+             sa.Column("reason", sa.String(16)), sa.Index("ix_tagdsl_changes_run", "run_id"),
+             mysql_charset="utf8mb4", mysql_collate="utf8mb4_bin")
+    with isolated_engine(backend, tmp_path) as (engine, url):
+        old.create_all(engine)
+        make_store(url, config, followers=[{"openid": o, "age": 20} for o in "ab"])
+        first = apply(url, config)
+        execute(url, "UPDATE followers SET age = 10 WHERE openid = 'a'")
+        second = apply(url, config, T0 + DAY)
+        assert (first.added, second.added, second.removed) == (8, 1, 1)
+        rows = query(url, "SELECT id, run_id, openid, tag, action FROM tagdsl_changes ORDER BY id")
+        assert len({r[0] for r in rows}) == len(rows) == 10  # every row got its own id
+        assert sorted(r[1:] for r in rows if r[1] == second.run_id) == [
+            (second.run_id, "a", "G1", "removed"), (second.run_id, "a", "G2", "added")]
+
+
+def index_definitions(url):
+    return query(url, "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid), indisprimary FROM pg_index "
+                      "WHERE indrelid = 'tagdsl_memberships'::regclass ORDER BY 1")
+
+
+def statements_of(engine):
+    seen = []
+    sa.event.listen(engine.db, "before_cursor_execute", lambda c, cur, stmt, *a: seen.append(stmt))
+    return seen
+
+
+def test_a_bulk_first_apply_rebuilds_the_membership_indexes_as_they_were(tmp_path):
+    config = Config()
+    with isolated_engine("postgresql", tmp_path) as (_e, url):
+        make_store(url, config, followers=[{"openid": f"f{i}", "age": 20} for i in range(50)],
+                   memberships=[{"openid": "f1", "tag": "VIP", "source": "manual", "assigned_at": T0}])
+        execute(url, "CREATE INDEX mine ON tagdsl_memberships (run_id) WHERE source = 'rule'")
+        before = index_definitions(url)
+        assert len(before) == 3 and sum(primary for *_, primary in before) == 1
+        with Engine(config, url) as engine:
+            engine.REBUILD_MIN_ROWS = 10
+            seen = statements_of(engine)
+            result = engine.apply(load_ruleset(texts={"t.tag": RULES}, config=config), as_of=T0)
+        assert result.added == 200
+        assert sum(s.startswith("DROP INDEX") for s in seen) == 2  # the (tag, source) index and `mine`
+        assert index_definitions(url) == before
+        assert ("f1", "VIP", "manual") in held(url) and len(held(url)) == 201
+        # Nothing to rebuild for: the next apply changes nothing and keeps every index.
+        with Engine(config, url) as engine:
+            engine.REBUILD_MIN_ROWS = 10
+            seen = statements_of(engine)
+            assert engine.apply(load_ruleset(texts={"t.tag": RULES}, config=config), as_of=T0 + DAY).added == 0
+        assert not [s for s in seen if "INDEX" in s or "CONSTRAINT" in s]
+
+
+def test_a_failed_bulk_apply_leaves_the_indexes_and_memberships_untouched(tmp_path):
+    config = Config()
+    with isolated_engine("postgresql", tmp_path) as (_e, url):
+        make_store(url, config, followers=[{"openid": f"f{i}", "age": 20} for i in range(50)],
+                   memberships=[{"openid": "f1", "tag": "VIP", "source": "manual", "assigned_at": T0}])
+        before, kept = index_definitions(url), held(url)
+        with Engine(config, url) as engine:
+            engine.REBUILD_MIN_ROWS = 10
+
+            def fail_on_audit(conn, cursor, statement, *args):
+                if statement.startswith("INSERT INTO tagdsl_changes"):
+                    raise RuntimeError("the audit insert failed")
+
+            sa.event.listen(engine.db, "before_cursor_execute", fail_on_audit)
+            with pytest.raises(Exception, match="the audit insert failed"):
+                engine.apply(load_ruleset(texts={"t.tag": RULES}, config=config), as_of=T0)
+        assert index_definitions(url) == before and held(url) == kept
+
+
+def test_no_rebuild_when_the_table_is_referenced_or_already_larger(tmp_path):
+    config = Config()
+    with isolated_engine("postgresql", tmp_path) as (_e, url):
+        make_store(url, config, followers=[{"openid": f"f{i}", "age": 20} for i in range(50)],
+                   memberships=[{"openid": f"f{i}", "tag": f"M{j}", "source": "manual", "assigned_at": T0}
+                                for i in range(50) for j in range(5)])
+        with Engine(config, url) as engine:  # 200 to add, 250 held
+            engine.REBUILD_MIN_ROWS = 10
+            seen = statements_of(engine)
+            assert engine.apply(load_ruleset(texts={"t.tag": RULES}, config=config), as_of=T0).added == 200
+        assert not [s for s in seen if s.startswith(("DROP INDEX", "ALTER TABLE"))]
+    with isolated_engine("postgresql", tmp_path) as (_e, url):
+        make_store(url, config, followers=[{"openid": f"f{i}", "age": 20} for i in range(50)])
+        execute(url, "CREATE TABLE notes (openid varchar(64), tag varchar(128), source varchar(16), "
+                     "FOREIGN KEY (openid, tag, source) REFERENCES tagdsl_memberships)")
+        with Engine(config, url) as engine:
+            engine.REBUILD_MIN_ROWS = 10
+            seen = statements_of(engine)
+            assert engine.apply(load_ruleset(texts={"t.tag": RULES}, config=config), as_of=T0).added == 200
+        assert not [s for s in seen if s.startswith(("DROP INDEX", "ALTER TABLE"))]

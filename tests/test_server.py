@@ -291,7 +291,7 @@ def test_retries_are_processed_once(server, project):
     assert got == [("text", "1"), ("menu_click", "会员中心"), ("menu_click", "会员中心")]
     # Added once by the text; the second click makes 菜单活跃 (priority 5) hold, and the limit of 4 drops it.
     audit = rows(project, "SELECT action, reason FROM tagdsl_changes WHERE openid = 'o_quiet' AND tag = '领礼意向' "
-                          "ORDER BY id")
+                          "ORDER BY run_id")
     assert audit == [("added", "rule"), ("removed", "limit")]
     assert rows(project, "SELECT COUNT(*) FROM tagdsl_serve_seen WHERE openid = 'o_quiet'") == [(3,)]
 
