@@ -213,6 +213,20 @@ def _compile_create_temp_as(element, compiler, **kw):
     return f"CREATE TEMPORARY TABLE {name} AS {compiler.process(element.query, **kw)}"
 
 
+class _ExplainJson(sa.sql.expression.Executable, sa.sql.expression.ClauseElement):
+    """``EXPLAIN (FORMAT JSON) <select>`` (PostgreSQL): the planner's estimates."""
+
+    inherit_cache = False  # its result has no columns of the query's
+
+    def __init__(self, query):
+        self.query = query
+
+
+@compiles(_ExplainJson)
+def _compile_explain_json(element, compiler, **kw):
+    return f"EXPLAIN (FORMAT JSON) {compiler.process(element.query, **kw)}"
+
+
 # -- the engine ---------------------------------------------------------------------------------------
 
 class Engine:
@@ -835,7 +849,14 @@ class Engine:
         self._require_memberships_for(rs, condition)
         compiler = self._compiler(rs)
         with self._errors("preview"), self.db.connect() as conn:
-            rows = conn.execute(compiler.count_select(condition, as_of, by=by)).all()
+            plan = compiler.per_follower_count(condition, as_of) if by is None else None
+            if plan is not None and conn.dialect.name == "postgresql" and self._per_follower_is_cheaper(conn, plan):
+                # Its cost estimates are far too high (rows per follower of a
+                # skewed source), which would make PostgreSQL JIT-compile it.
+                conn.exec_driver_sql("SET LOCAL jit = off")
+                rows = conn.execute(plan.count).all()
+            else:
+                rows = conn.execute(compiler.count_select(condition, as_of, by=by)).all()
             openids: list[str] = []
             if sample:
                 sub = compiler.audience_select(condition, as_of).subquery("audience")
@@ -858,6 +879,25 @@ class Engine:
             breakdown = [BreakdownRow(shown(r[2]), int(r[1] or 0), int(r[0] or 0)) for r in rows]
             breakdown.sort(key=lambda b: (-b.count, -b.total, b.value is None, str(b.value)))
         return PreviewResult(label, as_of, self.config.tz, count, total, openids, breakdown, by)
+
+    # Measured on the benchmark (1M followers, 12.6M source rows, PostgreSQL,
+    # 2 cores): a pass over a source costs about 0.28 µs per row, a
+    # per-follower index probe of a source about 4.2 µs: 15 rows' worth.
+    PROBE_COST_IN_ROWS = 15
+
+    def _per_follower_is_cheaper(self, conn, plan) -> bool:
+        """Whether probing the sources for the followers who pass the
+        condition's field conjuncts (PostgreSQL's estimate of how many) costs
+        less than one pass over every row of those sources (their estimated
+        size). Tables never analysed: no."""
+        quoted = conn.dialect.identifier_preparer.format_table
+        sizes = conn.execute(sa.text("SELECT reltuples FROM pg_class WHERE oid = ANY(CAST(:t AS regclass[]))"),
+                             {"t": [quoted(t) for t in plan.sources]}).scalars().all()
+        if len(sizes) != len(plan.sources) or min(sizes) < 0:
+            return False
+        explained = conn.execute(_ExplainJson(plan.narrowing)).scalar_one()
+        narrowed = explained[0]["Plan"]["Plan Rows"]
+        return narrowed * len(plan.sources) * self.PROBE_COST_IN_ROWS < sum(sizes)
 
     def _follower_field(self, name: str) -> str:
         f = self.config.followers

@@ -250,6 +250,34 @@ def aggregate(draw, func: str, ctx: Ctx, field_kind: str | None = None):
 
 
 @st.composite
+def field_condition(draw):
+    """A condition on a follower field alone: a comparison with a literal, or present."""
+    kind = draw(st.sampled_from([k for k in ("integer", "decimal", "string", "datetime") if FOLLOWER_FIELDS.get(k)]))
+    name = draw(st.sampled_from(FOLLOWER_FIELDS[kind]))
+    if draw(st.booleans()):
+        return f"{name} is not missing"
+    return f"{name} {draw(st.sampled_from(['==', '!=', '<', '<=', '>', '>=']))} {draw(literal(kind))}"
+
+
+@st.composite
+def narrowed_audience(draw, tags: list[str]):
+    """An audience as operators write them: a follower field, then aggregates
+    (and maybe more): what preview's per-follower shape applies to."""
+    d = Ctx(None, list(tags), 1)
+    parts = [draw(field_condition())]
+    for _ in range(draw(st.integers(1, 2))):
+        if draw(st.booleans()):
+            parts.append(draw(aggregate("exists", d)))
+        else:
+            func = draw(st.sampled_from(["count", "sum"]))
+            agg = draw(aggregate(func, d, "decimal" if func == "sum" else None))
+            parts.append(f"{agg} {draw(st.sampled_from(['>=', '<', '==']))} {draw(st.sampled_from(['0', '1', '2', '100']))}")
+    if draw(st.booleans()):
+        parts.append(f"({draw(expr('boolean', d))})")
+    return " and ".join(parts)
+
+
+@st.composite
 def rulesets(draw, max_tags: int = 6):
     """Source text of a well-typed ruleset (tags, exclusive groups, lets,
     tag references to earlier tags, audiences), and the audience names."""
@@ -278,7 +306,11 @@ def rulesets(draw, max_tags: int = 6):
             tags.append(name)
     audiences = []
     for k in range(draw(st.integers(0, 2))):
-        lines.append(f"audience \"a{k}\" = {draw(expr('boolean', Ctx(None, list(tags))))}")
+        if draw(st.booleans()):
+            body = draw(narrowed_audience(tags))
+        else:
+            body = draw(expr('boolean', Ctx(None, list(tags))))
+        lines.append(f"audience \"a{k}\" = {body}")
         audiences.append(f"a{k}")
     return "\n".join(lines) + "\n", audiences
 

@@ -126,6 +126,12 @@ def sql_results(engine, tables, ruleset, audiences):
         for a in audiences:
             row = conn.execute(compiler.count_select(a, D.AS_OF)).one()
             counts[a] = int(row.count or 0)
+            # preview's per-follower shape (LATERAL, PostgreSQL) must count the same
+            plan = compiler.per_follower_count(a, D.AS_OF) if conn.dialect.name == "postgresql" else None
+            if plan is not None:
+                per = conn.execute(plan.count).one()
+                if (int(per.total), int(per.count or 0)) != (int(row.total), counts[a]):
+                    counts[a] = ("per-follower shape", int(per.count or 0), "vs", counts[a])
     return pairs, counts
 
 

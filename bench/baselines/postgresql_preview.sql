@@ -1,14 +1,18 @@
 -- Hand-written COUNT for the preview audience
 --   gender == 2 and tag("沉睡唤醒") and count(orders within 365d) >= 2
 -- (PostgreSQL; parameters as in postgresql.sql). Returns (total, count).
-WITH o AS (
-  SELECT openid, bool_or(created_at > :d90) AS any90, COUNT(*) FILTER (WHERE created_at > :d365) AS n365
-  FROM orders WHERE created_at IS NOT NULL AND created_at <= :as_of GROUP BY openid
-), e AS (
-  SELECT DISTINCT openid FROM events
-  WHERE occurred_at > :d90 AND occurred_at <= :as_of AND type <> 'unsubscribe'
-)
-SELECT COUNT(*) AS total,
-       COUNT(*) FILTER (WHERE p.gender = 2 AND NOT COALESCE(p.last_active_at > :d90, false) AND e.openid IS NULL
-                        AND NOT COALESCE(o.any90, false) AND COALESCE(o.n365, 0) >= 2) AS count
-FROM followers p LEFT JOIN o ON o.openid = p.openid LEFT JOIN e ON e.openid = p.openid;
+-- The fastest form found at 1M followers (1.0-1.3 s; the one-pass GROUP BY
+-- form took 3.4-3.8 s): the follower fields narrow first, then index probes
+-- per remaining follower (anti joins, which PostgreSQL runs with parallel
+-- workers, and one correlated count). JIT off: its estimates are far too high.
+SET jit = off;
+SELECT (SELECT COUNT(*) FROM followers) AS total, COUNT(*) AS count
+FROM followers p
+WHERE p.gender = 2 AND NOT COALESCE(p.last_active_at > :d90, false)
+  AND NOT EXISTS (SELECT 1 FROM orders o
+                  WHERE o.openid = p.openid AND o.created_at > :d90 AND o.created_at <= :as_of)
+  AND (SELECT COUNT(*) FROM orders o
+       WHERE o.openid = p.openid AND o.created_at > :d365 AND o.created_at <= :as_of) >= 2
+  AND NOT EXISTS (SELECT 1 FROM events e
+                  WHERE e.openid = p.openid AND e.occurred_at > :d90 AND e.occurred_at <= :as_of
+                    AND e.type <> 'unsubscribe');

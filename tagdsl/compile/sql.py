@@ -252,6 +252,9 @@ class _SourceAggregates:
         seen = None
         if self.spec.time:
             seen = self._time() <= NormTime(self.build.as_of_param)
+        if self.build.per_follower:
+            self._build_lateral(follower, seen)
+            return
         cols = [follower.label("fid")] + [self._aggregate(k).label(label) for k, label in self.keys.items()]
         stmt = select(*cols).group_by(follower)
         if seen is not None:
@@ -287,12 +290,33 @@ class _SourceAggregates:
                 .group_by(agg.c.fid))
         self.pick = stmt.cte(f"last_{self.name}")
 
+    def _build_lateral(self, follower, seen) -> None:
+        """The same aggregates for the one follower of the outer row (LATERAL,
+        PostgreSQL): an index range scan per follower instead of a pass over
+        the whole source. Aggregates without GROUP BY give one row even for
+        no rows, as the outer join gives NULLs (count is 0 either way).
+        When every aggregate has a window, rows before the widest are not
+        read (each aggregate's own condition still picks its rows)."""
+        assert not self.picks, "last()/first() of a value: per_follower_plan() refuses"
+        conds = [follower == self.build.follower_id]
+        if seen is not None:
+            conds.append(seen)
+            windows = [within for _, _, _, within in self.keys]
+            if None not in windows:
+                start = self.build.since(max(windows))
+                if start is not None:
+                    conds.append(self._time() > NormTime(start))
+        cols = [self._aggregate(k).label(label) for k, label in self.keys.items()]
+        self.agg = select(*cols).where(*conds).lateral(f"agg_{self.name}")
+
     @property
     def per_follower(self) -> CTE:
         """The CTE the followers join: the last()/first() pass when there is one."""
         return self.pick if self.pick is not None else self.agg
 
     def join_onto(self, frm: FromClause, follower_id: ColumnElement) -> FromClause:
+        if self.build.per_follower:
+            return frm.join(self.agg, true())
         return frm.outerjoin(self.per_follower, self.per_follower.c.fid == follower_id)
 
     def column(self, a: ir.Aggregate, key_kind: str) -> ColumnElement:
@@ -304,7 +328,7 @@ class _SourceAggregates:
 # -- one statement's compilation state ------------------------------------------------------------------
 
 class _Build:
-    def __init__(self, compiler: "SqlCompiler", as_of: dt.datetime):
+    def __init__(self, compiler: "SqlCompiler", as_of: dt.datetime, per_follower: bool = False):
         if not isinstance(as_of, dt.datetime):
             raise SqlCompileError(f"as-of must be a datetime, not {type(as_of).__name__}")
         if as_of.tzinfo is not None:
@@ -320,6 +344,7 @@ class _Build:
         self.followers = self.tables.followers
         self.follower_id = self.followers.c[self.config.followers.id]
         self.ranks: dict[ir.Rank, Optional[FromClause]] = {}  # ranking call -> its window subquery
+        self.per_follower = per_follower  # aggregates as LATERAL subqueries (see _build_lateral)
 
     def since(self, seconds: int) -> Optional[ColumnElement]:
         """The (exclusive) start of a `within` window: as_of − D, computed here;
@@ -839,6 +864,28 @@ class SqlCompiler:
                 .select_from(b.from_clause())
                 .where(b.follower_id == literal(openid, String())))
 
+    def per_follower_count(self, condition: ir.Expr | str, as_of: dt.datetime) -> Optional[PerFollowerCount]:
+        """The per-follower shape of ``count_select(condition, as_of)`` (same
+        two columns, same numbers), or None where it does not apply: no
+        aggregate, no conjunct on follower fields alone to narrow by, a
+        ranking, or last()/first() of a non-time value."""
+        cond = self._condition(condition)
+        narrowing = [c for c in _conjuncts(self, cond)
+                     if not any(isinstance(n, (ir.Aggregate, ir.Rank, ir.TagRef)) for n in ir.walk(c))]
+        b = _Build(self, as_of, per_follower=True)
+        probe = _Build(self, as_of)
+        probe.collect([cond])
+        if not narrowing or not probe.sources or probe.ranks or any(s.picks for s in probe.sources.values()):
+            return None
+        b.collect([cond])
+        total = select(func.count()).select_from(self.tables.followers).scalar_subquery()
+        count = (select(total.label("total"), func.count().label("count"))
+                 .select_from(b.from_clause()).where(b.expr().pred(cond)))
+        x = _Build(self, as_of).expr()
+        narrow = select(literal_column("1")).select_from(self.tables.followers).where(
+            and_(*(x.pred(c) for c in narrowing)))
+        return PerFollowerCount(count, narrow, [s.table for s in b.sources.values()])
+
     def count_select(self, condition: ir.Expr | str, as_of: dt.datetime, by: str | None = None) -> Select:
         """One aggregate query: ``total`` followers and ``count`` where the
         condition holds; with ``by`` (a follower field), also ``by``, per value
@@ -859,6 +906,31 @@ class SqlCompiler:
             # Group by code point ('VIP' and 'vip ' are different values everywhere).
             return stmt.add_columns(Extreme(col, greatest=False).label("by")).group_by(GroupKey(col))
         return stmt.add_columns(col.label("by")).group_by(col)
+
+
+@dataclass
+class PerFollowerCount:
+    """count_select's other shape (PostgreSQL): the condition's aggregates
+    computed per follower by LATERAL subqueries, only for the followers that
+    pass its conjuncts on follower fields. ``narrowing`` selects those
+    followers (to estimate how many there are); ``sources``: the source
+    tables read."""
+
+    count: Select
+    narrowing: Select
+    sources: list
+
+
+def _conjuncts(compiler: "SqlCompiler", e: ir.Expr) -> list[ir.Expr]:
+    """The top-level AND terms of ``e``, looking into computed tags that are
+    not members of an exclusive group (their condition is their meaning)."""
+    if isinstance(e, ir.And):
+        return [c for item in e.items for c in _conjuncts(compiler, item)]
+    if isinstance(e, ir.TagRef):
+        rule = compiler.ruleset.tags.get(e.name)
+        if rule is not None and rule.condition is not None and not (rule.exclusive and rule.group is not None):
+            return _conjuncts(compiler, rule.condition)
+    return [e]
 
 
 def compile_sql(ruleset: ir.Ruleset, config: Config, tables: Tables | None = None) -> SqlCompiler:
