@@ -612,8 +612,9 @@ class Engine:
         cheaper through the scratch tables."""
         if self.diff_first is not None:
             return self.diff_first
-        if conn.dialect.name == "postgresql":
-            return True
+        return conn.dialect.name == "postgresql" or self._holds_rule_memberships(conn, scope)
+
+    def _holds_rule_memberships(self, conn, scope: list[str]) -> bool:
         m = self.tables.memberships
         return conn.execute(select(literal(1)).where(
             exists().where(m.c.source == "rule", m.c.tag.in_(scope)))).first() is not None
@@ -699,6 +700,7 @@ class Engine:
                   .select_from(by_mask.join(tl, d.mask_for(by_mask, tl).bitwise_and(tl.c.bit).self_group() != zero))
                   .group_by(tl.c.tag))
         diff = self._diff
+        first = not self._holds_rule_memberships(conn, scope)
         # PostgreSQL: the rules query's row estimates are about 6x too high, and
         # the planner then sorts both sides of merge joins by the column's
         # collation instead of hashing (1.9 s instead of 0.6 s for one side at
@@ -718,14 +720,20 @@ class Engine:
             steps(name)
 
         counts = {name: TagCount() for name in scope}
-        for kind, tag, rows, n in conn.execute(select(diff.c.kind, diff.c.tag, func.count(), func.sum(diff.c.n))
-                                               .group_by(diff.c.kind, diff.c.tag)):
-            if kind == "total":
-                counts[tag].total = int(n)
-            elif kind == "added":
-                counts[tag].added = rows
-            else:
-                counts[tag].removed = rows
+        if first:
+            # Nothing stored: every membership the rules give is added. Saves
+            # grouping every added row (1.1 s at 1M followers).
+            for tag, n in conn.execute(select(diff.c.tag, diff.c.n).where(diff.c.kind == "total")):
+                counts[tag].total = counts[tag].added = int(n)
+        else:
+            for kind, tag, rows, n in conn.execute(select(diff.c.kind, diff.c.tag, func.count(), func.sum(diff.c.n))
+                                                   .group_by(diff.c.kind, diff.c.tag)):
+                if kind == "total":
+                    counts[tag].total = int(n)
+                elif kind == "added":
+                    counts[tag].added = rows
+                else:
+                    counts[tag].removed = rows
 
         # Expiry state of tags that no longer expire is cleared, as in the general path.
         e = T.expirations
