@@ -21,6 +21,7 @@ from tagdsl import load_ruleset
 from tagdsl.config import load_config
 # The server's clock, credentials and push builders are test_server's.
 from test_server import ACCOUNT, AES_KEY, APPID, ENV, NOW, TOKEN, TZ, T, event_xml, text_xml
+from test_server import rows as query
 from test_server import sha1_signature as sha1
 
 # No time windows: whatever the server writes, an apply at the same instant must leave alone.
@@ -87,15 +88,6 @@ def served(request, tmp_path):
             server.shutdown()
             server.server_close()
             server.app.processor.db.dispose()
-
-
-def query(config, sql, **params):
-    db = store.connect(config.database_url)
-    try:
-        with db.connect() as conn:
-            return [tuple(r) for r in conn.execute(sa.text(sql), params)]
-    finally:
-        db.dispose()
 
 
 def post(port, query_string, body):
