@@ -32,6 +32,7 @@ import pickle
 import platform
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -443,7 +444,7 @@ def fmt_s(s: float) -> str:
     return f"{s:.3f}" if s < 10 else f"{s:.1f}"
 
 
-def bench_backend(b: Backend, seed: int, naive_max: int, results: dict):
+def bench_backend(b: Backend, seed: int, naive_max: int, results: dict, reapply_rounds: int = 1):
     print(f"\n== {b.name}, {b.size:,} followers ==", flush=True)
     loaded, rss = in_child(b.load, seed)
     print(f"loaded {loaded.followers:,} followers, {loaded.orders:,} orders, {loaded.events:,} events "
@@ -482,6 +483,19 @@ def bench_backend(b: Backend, seed: int, naive_max: int, results: dict):
                  f"{hand2['rows']:,} rows"])
     record["reapply"] = {"engine": eng2, "engine_rss": eng2_rss, "hand": hand2, "hand_rss": hand2_rss,
                          "writes": writes, "agree": n2}
+    if reapply_rounds > 1:
+        # More rounds, alternating: back to the first day and forward again, so
+        # every engine round changes a few percent; each hand query at the same
+        # as-of right before it. Single runs vary by ±15 % on this machine.
+        hands, engines = [hand2["seconds"]], [eng2["seconds"]]
+        for i in range(1, reapply_rounds):
+            when = AS_OF if i % 2 else as_of2
+            hands.append(in_child(run_hand_compute, b, when)[0]["seconds"])
+            engines.append(in_child(run_engine_apply, b, when)[0]["seconds"])
+        hand_median, engine_median = statistics.median(hands), statistics.median(engines)
+        rows.append(["", f"medians of {reapply_rounds} rounds: engine", fmt_s(engine_median), "",
+                     f"{engine_median / hand_median:.2f}", f"hand {fmt_s(hand_median)}"])
+        record["reapply"]["rounds"] = {"engine": engines, "hand": hands}
 
     # Twice each, alternating, and the second runs reported: an operator
     # previews interactively, on a warm cache; whichever ran first after the
@@ -515,7 +529,10 @@ def targets(results: dict, mem: dict | None, lint: dict | None, baseline_rss: fl
             f, re_, p = r["first"], r["reapply"], r["preview"]
             ratio = f["engine"]["seconds"] / f["hand"]["seconds"]
             out.append([f"{backend} {size:,}", "first apply <= 2x hand SQL", f"{ratio:.2f}x", mark(ratio <= 2)])
-            ratio = re_["engine"]["seconds"] / re_["hand"]["seconds"]
+            if "rounds" in re_:  # medians of the rounds
+                ratio = statistics.median(re_["rounds"]["engine"]) / statistics.median(re_["rounds"]["hand"])
+            else:
+                ratio = re_["engine"]["seconds"] / re_["hand"]["seconds"]
             out.append([f"{backend} {size:,}", "re-apply <= 1.2x hand compute-only", f"{ratio:.2f}x",
                         mark(ratio <= 1.2)])
             ratio = p["engine"]["seconds"] / p["hand"]["seconds"]
@@ -555,6 +572,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=population.DEFAULT_SEED)
     ap.add_argument("--naive-max", type=int, default=100_000, help="largest size for the naive Python loop")
     ap.add_argument("--eval-size", type=int, default=20_000, help="followers for the in-memory scenario (5)")
+    ap.add_argument("--reapply-rounds", type=int, default=1,
+                    help="re-apply rounds (alternating days); with more than one, the ratio of medians is the target's")
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--skip-lint", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="~1,000 followers, SQLite only (CI)")
@@ -598,7 +617,8 @@ def main(argv=None) -> int:
     try:
         for size in sizes:
             for backend in backends:
-                bench_backend(Backend(backend, workdir, size), args.seed, args.naive_max, results)
+                bench_backend(Backend(backend, workdir, size), args.seed, args.naive_max, results,
+                              args.reapply_rounds)
         if not args.skip_eval:
             mem, rss = in_child(run_in_memory, args.eval_size, args.seed, AS_OF)
             print(f"\n== 5 in-memory evaluators, {mem['followers']:,} followers (same (openid, tag) set) ==")
