@@ -758,16 +758,16 @@ class Engine:
                 added = added.order_by(diff.c.openid, diff.c.tag)
             if adding:
                 conn.execute(insert(m).from_select(["openid", "tag", "source", "assigned_at", "run_id"], added))
-            removed = select(diff.c.openid, diff.c.tag).where(diff.c.kind == "removed")
-            if not any(c.removed for c in counts.values()):
-                pass  # a first apply: no scan of the memberships for nothing
-            elif dialect == "sqlite":
-                # Driven by the (few) removed rows through the primary key, not
-                # by a scan of every stored membership.
-                conn.execute(delete(m).where(m.c.source == "rule", sa.tuple_(m.c.openid, m.c.tag).in_(removed)))
-            else:
-                conn.execute(delete(m).where(m.c.source == "rule", exists(
-                    removed.where(diff.c.openid == m.c.openid, diff.c.tag == m.c.tag))))
+            if any(c.removed for c in counts.values()):  # none in a first apply: no scan for nothing
+                removed = select(diff.c.openid, diff.c.tag).where(diff.c.kind == "removed")
+                if dialect == "sqlite":
+                    # Driven by the (few) removed rows through the primary key,
+                    # not by a scan of every stored membership.
+                    conn.execute(delete(m).where(m.c.source == "rule",
+                                                 sa.tuple_(m.c.openid, m.c.tag).in_(removed)))
+                else:
+                    conn.execute(delete(m).where(m.c.source == "rule", exists(
+                        removed.where(diff.c.openid == m.c.openid, diff.c.tag == m.c.tag))))
             for statement in rebuild or ():
                 conn.exec_driver_sql(statement)
             conn.execute(insert(ch).from_select(
@@ -881,8 +881,9 @@ class Engine:
         self._require_memberships_for(rs, condition)
         compiler = self._compiler(rs)
         with self._errors("preview"), self.db.connect() as conn:
-            plan = compiler.per_follower_count(condition, as_of) if by is None else None
-            if plan is not None and conn.dialect.name == "postgresql" and self._per_follower_is_cheaper(conn, plan):
+            postgresql = conn.dialect.name == "postgresql"
+            plan = compiler.per_follower_count(condition, as_of) if postgresql and by is None else None
+            if plan is not None and self._per_follower_is_cheaper(conn, plan):
                 # Its cost estimates are far too high (rows per follower of a
                 # skewed source), which would make PostgreSQL JIT-compile it.
                 conn.exec_driver_sql("SET LOCAL jit = off")
