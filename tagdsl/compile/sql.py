@@ -297,7 +297,7 @@ class _SourceAggregates:
         no rows, as the outer join gives NULLs (count is 0 either way).
         When every aggregate has a window, rows before the widest are not
         read (each aggregate's own condition still picks its rows)."""
-        assert not self.picks, "last()/first() of a value: per_follower_plan() refuses"
+        assert not self.picks, "last()/first() of a value: per_follower_count() refuses"
         conds = [follower == self.build.follower_id]
         if seen is not None:
             conds.append(seen)
@@ -872,11 +872,11 @@ class SqlCompiler:
         cond = self._condition(condition)
         narrowing = [c for c in _conjuncts(self, cond)
                      if not any(isinstance(n, (ir.Aggregate, ir.Rank, ir.TagRef)) for n in ir.walk(c))]
-        b = _Build(self, as_of, per_follower=True)
-        probe = _Build(self, as_of)
-        probe.collect([cond])
-        if not narrowing or not probe.sources or probe.ranks or any(s.picks for s in probe.sources.values()):
+        grouped = _Build(self, as_of)  # what the usual shape would read
+        grouped.collect([cond])
+        if not narrowing or not grouped.sources or grouped.ranks or any(s.picks for s in grouped.sources.values()):
             return None
+        b = _Build(self, as_of, per_follower=True)
         b.collect([cond])
         total = select(func.count()).select_from(self.tables.followers).scalar_subquery()
         count = (select(total.label("total"), func.count().label("count"))
