@@ -405,3 +405,13 @@ def test_no_rebuild_when_the_table_is_referenced_or_already_larger(tmp_path):
             seen = statements_of(engine)
             assert engine.apply(load_ruleset(texts={"t.tag": RULES}, config=config), as_of=T0).added == 200
         assert not [s for s in seen if s.startswith(("DROP INDEX", "ALTER TABLE"))]
+
+
+def test_postgresql_sessions_get_room_for_the_temporary_tables(tmp_path):
+    with isolated_engine("postgresql", tmp_path) as (_e, url):
+        db = store.connect(url)
+        try:
+            with db.connect() as conn:
+                assert conn.exec_driver_sql("SHOW temp_buffers").scalar_one() == "256MB"
+        finally:
+            db.dispose()
