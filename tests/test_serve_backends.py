@@ -9,18 +9,17 @@ import datetime as dt
 import http.client
 
 import pytest
-import sqlalchemy as sa
 import xmltodict
 from wechatpy.crypto import WeChatCrypto
 
 from dbs import BACKENDS, isolated_engine
-from runtime import store
 from runtime.engine import Engine
 from runtime.server import make_server
 from tagdsl import load_ruleset
 from tagdsl.config import load_config
 # The server's clock, credentials and push builders are test_server's.
 from test_server import ACCOUNT, AES_KEY, APPID, ENV, NOW, TOKEN, TZ, T, event_xml, text_xml
+from test_server import FIRST_CLICK, HELLO, fill_store
 from test_server import rows as query
 from test_server import sha1_signature as sha1
 
@@ -62,20 +61,7 @@ def served(request, tmp_path):
         (tmp_path / "rules" / "t.tag").write_text(RULES, encoding="utf-8")
         (tmp_path / "tagdsl.toml").write_text(config_text(url), encoding="utf-8")
         config = load_config(tmp_path / "tagdsl.toml")
-        db = store.connect(url, create=True)
-        tables = store.create_store(db, config)
-        with db.begin() as conn:
-            conn.execute(sa.insert(tables.followers), [
-                dict(openid="o_old", subscribed=True, subscribe_scene="ADD_SCENE_QR_CODE", qr_scene_str="storeB",
-                     subscribe_time=T - dt.timedelta(days=40)),
-                dict(openid="o_quiet", subscribed=True, subscribe_scene="ADD_SCENE_SEARCH", qr_scene_str=None,
-                     subscribe_time=None)])
-            conn.execute(sa.insert(tables.sources["events"]), [
-                dict(openid="o_old", type="menu_click", key="会员中心", occurred_at=T - dt.timedelta(days=3)),
-                dict(openid="o_old", type="text", key="你好", occurred_at=T - dt.timedelta(days=2, hours=1))])
-            conn.execute(sa.insert(tables.memberships), [
-                dict(openid="o_old", tag="VIP", source="manual", assigned_at=T - dt.timedelta(days=100))])
-        db.dispose()
+        fill_store(url, config, [FIRST_CLICK, HELLO])
         ruleset = load_ruleset(config.ruleset_paths(), config)
         with Engine(config, url) as engine:
             engine.apply(ruleset, as_of=T - dt.timedelta(days=2))

@@ -64,13 +64,14 @@ appid = "{APPID}"
 
 # -- a project, a store, a server -----------------------------------------------------------------
 
-@pytest.fixture
-def project(tmp_path):
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "t.tag").write_text(RULES, encoding="utf-8")
-    (tmp_path / "tagdsl.toml").write_text(CONFIG_TEXT, encoding="utf-8")
-    config = load_config(tmp_path / "tagdsl.toml")
-    db = store.connect(config.database_url, create=True)
+FIRST_CLICK = dict(openid="o_old", type="menu_click", key="会员中心", occurred_at=T - dt.timedelta(days=3))
+SECOND_CLICK = dict(openid="o_old", type="menu_click", key="会员中心", occurred_at=T - dt.timedelta(days=2, hours=12))
+HELLO = dict(openid="o_old", type="text", key="你好", occurred_at=T - dt.timedelta(days=2, hours=1))
+
+
+def fill_store(url, config, events):
+    """Create the store at ``url``: two followers (o_old, o_quiet), ``events``, o_old's manual VIP."""
+    db = store.connect(url, create=True)
     tables = store.create_store(db, config)
     with db.begin() as conn:
         conn.execute(sa.insert(tables.followers), [
@@ -79,14 +80,19 @@ def project(tmp_path):
             dict(openid="o_quiet", subscribed=True, subscribe_scene="ADD_SCENE_SEARCH", qr_scene_str=None,
                  subscribe_time=None),
         ])
-        conn.execute(sa.insert(tables.sources["events"]), [
-            dict(openid="o_old", type="menu_click", key="会员中心", occurred_at=T - dt.timedelta(days=3)),
-            dict(openid="o_old", type="menu_click", key="会员中心", occurred_at=T - dt.timedelta(days=2, hours=12)),
-            dict(openid="o_old", type="text", key="你好", occurred_at=T - dt.timedelta(days=2, hours=1)),
-        ])
+        conn.execute(sa.insert(tables.sources["events"]), events)
         conn.execute(sa.insert(tables.memberships), [
             dict(openid="o_old", tag="VIP", source="manual", assigned_at=T - dt.timedelta(days=100))])
     db.dispose()
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "t.tag").write_text(RULES, encoding="utf-8")
+    (tmp_path / "tagdsl.toml").write_text(CONFIG_TEXT, encoding="utf-8")
+    config = load_config(tmp_path / "tagdsl.toml")
+    fill_store(config.database_url, config, [FIRST_CLICK, SECOND_CLICK, HELLO])
     return config
 
 
