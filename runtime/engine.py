@@ -887,6 +887,10 @@ class Engine:
                 # Its cost estimates are far too high (rows per follower of a
                 # skewed source), which would make PostgreSQL JIT-compile it.
                 conn.exec_driver_sql("SET LOCAL jit = off")
+                # The driving source's rows are sorted by follower to be
+                # grouped: 64 MB keeps that in memory (the default 4 MB spilled
+                # at 1M followers).
+                conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
                 rows = conn.execute(plan.count).all()
             else:
                 rows = conn.execute(compiler.count_select(condition, as_of, by=by)).all()
@@ -922,7 +926,11 @@ class Engine:
         """Whether probing the sources for the followers who pass the
         condition's field conjuncts (PostgreSQL's estimate of how many) costs
         less than one pass over every row of those sources (their estimated
-        size). Tables never analysed: no."""
+        size). Tables never analysed: no. No source to probe (the count is
+        driven by one source's rows of the narrowed followers, one pass over
+        part of what the other shape reads whole): yes."""
+        if not plan.sources:
+            return True
         quoted = conn.dialect.identifier_preparer.format_table
         sizes = conn.execute(sa.text("SELECT reltuples FROM pg_class WHERE oid = ANY(CAST(:t AS regclass[]))"),
                              {"t": [quoted(t) for t in plan.sources]}).scalars().all()

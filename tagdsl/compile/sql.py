@@ -252,6 +252,9 @@ class _SourceAggregates:
         seen = None
         if self.spec.time:
             seen = self._time() <= NormTime(self.build.as_of_param)
+        if self.build.driving is not None and self.build.driving[0] == self.name:
+            self._build_driving(follower, seen, self.build.driving[1])
+            return
         if self.build.per_follower:
             self._build_lateral(follower, seen)
             return
@@ -290,24 +293,42 @@ class _SourceAggregates:
                 .group_by(agg.c.fid))
         self.pick = stmt.cte(f"last_{self.name}")
 
+    def _seen_rows(self, seen) -> list:
+        """The row conditions of the per-follower shapes: seen by as-of and,
+        when every aggregate has a window, inside the widest (each
+        aggregate's own condition still picks its rows)."""
+        if seen is None:
+            return []
+        conds = [seen]
+        windows = [within for _, _, _, within in self.keys]
+        if None not in windows:
+            start = self.build.since(max(windows))
+            if start is not None:
+                conds.append(self._time() > NormTime(start))
+        return conds
+
     def _build_lateral(self, follower, seen) -> None:
         """The same aggregates for the one follower of the outer row (LATERAL,
         PostgreSQL): an index range scan per follower instead of a pass over
         the whole source. Aggregates without GROUP BY give one row even for
-        no rows, as the outer join gives NULLs (count is 0 either way).
-        When every aggregate has a window, rows before the widest are not
-        read (each aggregate's own condition still picks its rows)."""
+        no rows, as the outer join gives NULLs (count is 0 either way)."""
         assert not self.picks, "last()/first() of a value: per_follower_count() refuses"
-        conds = [follower == self.build.follower_id]
-        if seen is not None:
-            conds.append(seen)
-            windows = [within for _, _, _, within in self.keys]
-            if None not in windows:
-                start = self.build.since(max(windows))
-                if start is not None:
-                    conds.append(self._time() > NormTime(start))
+        conds = [follower == self.build.follower_id, *self._seen_rows(seen)]
         cols = [self._aggregate(k).label(label) for k, label in self.keys.items()]
         self.agg = select(*cols).where(*conds).lateral(f"agg_{self.name}")
+
+    def _build_driving(self, follower, seen, narrowing: Select) -> None:
+        """The driving source of a per-follower count (see
+        SqlCompiler.per_follower_count): its rows of the followers that pass
+        ``narrowing``, grouped by follower. A follower without such rows is
+        left out, which only the caller can know is right. PostgreSQL runs it
+        as a parallel hash join and partial aggregates; the LATERAL form
+        probes follower by follower in one process (1M followers: 0.6 s
+        instead of 1.0-1.2 s)."""
+        assert not self.picks, "last()/first() of a value: per_follower_count() refuses"
+        conds = [*self._seen_rows(seen), follower.in_(narrowing)]
+        cols = [follower.label("fid")] + [self._aggregate(k).label(label) for k, label in self.keys.items()]
+        self.agg = select(*cols).where(*conds).group_by(follower).subquery(f"agg_{self.name}")
 
     @property
     def per_follower(self) -> CTE:
@@ -315,6 +336,8 @@ class _SourceAggregates:
         return self.pick if self.pick is not None else self.agg
 
     def join_onto(self, frm: FromClause, follower_id: ColumnElement) -> FromClause:
+        if self.build.driving is not None and self.build.driving[0] == self.name:
+            return frm  # the FROM clause starts with it
         if self.build.per_follower:
             return frm.join(self.agg, true())
         return frm.outerjoin(self.per_follower, self.per_follower.c.fid == follower_id)
@@ -345,6 +368,9 @@ class _Build:
         self.follower_id = self.followers.c[self.config.followers.id]
         self.ranks: dict[ir.Rank, Optional[FromClause]] = {}  # ranking call -> its window subquery
         self.per_follower = per_follower  # aggregates as LATERAL subqueries (see _build_lateral)
+        # (source, narrowing select): the FROM clause is that source's grouped
+        # rows, and the follower id its `fid` (see _build_driving).
+        self.driving: Optional[tuple[str, Select]] = None
 
     def since(self, seconds: int) -> Optional[ColumnElement]:
         """The (exclusive) start of a `within` window: as_of − D, computed here;
@@ -374,8 +400,13 @@ class _Build:
                 elif isinstance(n, ir.TagRef) and n.name not in seen_tags:
                     seen_tags.add(n.name)
                     stack.extend(self.compiler.tag_dependencies(n.name))
+        if self.driving is not None:  # first: the other sources' subqueries refer to its fid
+            driver = self.sources[self.driving[0]]
+            driver.build_ctes()
+            self.follower_id = driver.agg.c.fid
         for src in self.sources.values():
-            src.build_ctes()
+            if self.driving is None or src.name != self.driving[0]:
+                src.build_ctes()
         for i, r in enumerate(self.ranks):
             if self.ranks[r] is None:
                 self.ranks[r] = self.rank_subquery(r, f"rank_{i}")
@@ -418,7 +449,7 @@ class _Build:
         return stmt.subquery(name)
 
     def from_clause(self) -> FromClause:
-        frm: FromClause = self.followers
+        frm: FromClause = self.followers if self.driving is None else self.sources[self.driving[0]].agg
         for src in self.sources.values():
             frm = src.join_onto(frm, self.follower_id)
         for sub in self.ranks.values():
@@ -868,23 +899,81 @@ class SqlCompiler:
         """The per-follower shape of ``count_select(condition, as_of)`` (same
         two columns, same numbers), or None where it does not apply: no
         aggregate, no conjunct on follower fields alone to narrow by, a
-        ranking, or last()/first() of a non-time value."""
+        ranking, or last()/first() of a non-time value.
+
+        When a conjunct needs rows of one source (see _driving_sources) and
+        nothing else reads follower fields, the count starts from that
+        source's rows of the narrowed followers, grouped (one parallel pass);
+        otherwise from the narrowed followers, each source probed per
+        follower (LATERAL)."""
         cond = self._condition(condition)
-        narrowing = [c for c in _conjuncts(self, cond)
+        conjuncts = _conjuncts(self, cond)
+        narrowing = [c for c in conjuncts
                      if not any(isinstance(n, (ir.Aggregate, ir.Rank, ir.TagRef)) for n in ir.walk(c))]
         grouped = _Build(self, as_of)  # what the usual shape would read
         grouped.collect([cond])
         if not narrowing or not grouped.sources or grouped.ranks or any(s.picks for s in grouped.sources.values()):
             return None
+        x = _Build(self, as_of).expr()
+        narrowed = and_(*(x.pred(c) for c in narrowing))
+        narrow = select(literal_column("1")).select_from(self.tables.followers).where(narrowed)
+        total = select(func.count()).select_from(self.tables.followers).scalar_subquery()
+        rest = [c for c in conjuncts if c not in narrowing]
+        # The narrowing is applied inside the driving source's subquery;
+        # anything else reading a follower field needs the followers table.
+        drivers = [] if self._reads_follower_fields(rest) else self._driving_sources(rest, grouped.as_of)
+        if drivers:
+            b = _Build(self, as_of, per_follower=True)
+            b.driving = (drivers[0], select(b.follower_id).where(narrowed))
+            b.collect([cond])
+            count = (select(total.label("total"), func.count().label("count"))
+                     .select_from(b.from_clause()).where(and_(*(b.expr().pred(c) for c in rest))))
+            return PerFollowerCount(count, narrow, [s.table for s in b.sources.values() if s.name != drivers[0]])
         b = _Build(self, as_of, per_follower=True)
         b.collect([cond])
-        total = select(func.count()).select_from(self.tables.followers).scalar_subquery()
         count = (select(total.label("total"), func.count().label("count"))
                  .select_from(b.from_clause()).where(b.expr().pred(cond)))
-        x = _Build(self, as_of).expr()
-        narrow = select(literal_column("1")).select_from(self.tables.followers).where(
-            and_(*(x.pred(c) for c in narrowing)))
         return PerFollowerCount(count, narrow, [s.table for s in b.sources.values()])
+
+    def _reads_follower_fields(self, exprs: list[ir.Expr]) -> bool:
+        """Whether any of ``exprs`` reads a follower field, through the tags
+        they refer to and the aggregates' `where` included."""
+        seen: set[str] = set()
+        stack = list(exprs)
+        while stack:
+            for n in ir.walk(stack.pop()):
+                if isinstance(n, ir.Field):
+                    return True
+                if isinstance(n, ir.TagRef) and n.name not in seen:
+                    seen.add(n.name)
+                    stack.extend(self.tag_dependencies(n.name))
+        return False
+
+    def _driving_sources(self, conjuncts: list[ir.Expr], as_of: dt.datetime) -> list[str]:
+        """The sources some conjunct needs rows of: it reads aggregates of that
+        source alone (no follower field, tag or ranking), and it is false for
+        a follower without rows there (evaluated so in memory: count(…) >= 2
+        is, count(…) == 0 and sum(…) is missing are not)."""
+        from .python import Follower, _Compiler
+
+        found: list[str] = []
+        for c in conjuncts:
+            nodes = list(ir.walk(c))
+            if any(isinstance(n, (ir.Field, ir.TagRef, ir.Rank)) for n in nodes):
+                continue
+            names = {n.source for n in nodes if isinstance(n, ir.Aggregate)}
+            if len(names) != 1 or names <= set(found):
+                continue
+            name = names.pop()
+            evaluator = _Compiler(self.ruleset, self.config)
+            try:
+                holds = evaluator.cond(c)
+                holds = holds(evaluator.context(Follower("", {}, {name: []}), as_of))
+            except (TagDSLError, ArithmeticError, TypeError, ValueError):  # not decidable so: not a driver
+                continue
+            if holds is False:
+                found.append(name)
+        return found
 
     def count_select(self, condition: ir.Expr | str, as_of: dt.datetime, by: str | None = None) -> Select:
         """One aggregate query: ``total`` followers and ``count`` where the
