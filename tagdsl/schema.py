@@ -39,6 +39,18 @@ def DateTime() -> TypeEngine:  # noqa: N802 - stands in for sqlalchemy.DateTime
     return _DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
+def KeyString(length: int) -> TypeEngine:  # noqa: N802 - a type, like String
+    """A string column of an engine table that is sorted in bulk: the
+    memberships' key. On PostgreSQL with the "C" collation: a database whose
+    default collation is a libc locale (even C.UTF-8) compares strings with
+    strcoll and without abbreviated keys, so building the primary key of a
+    first apply's 4.15M memberships took 5.9 s instead of 2.7 s. Equality is
+    the same under any deterministic collation (joins with the users' tables
+    and their indexes are unaffected); order is by code point, as tagdsl
+    sorts elsewhere."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
 def sql_type(spec: FieldSpec) -> TypeEngine:
     t = spec.type
     if t is FieldType.STRING:
@@ -120,10 +132,10 @@ def build_tables(config: Config, metadata: MetaData | None = None) -> Tables:
     )
     memberships = Table(
         f"{p}memberships", md,
-        Column("openid", String(ID_LENGTH), primary_key=True),
-        Column("tag", String(TAG_LENGTH), primary_key=True),
+        Column("openid", KeyString(ID_LENGTH), primary_key=True),
+        Column("tag", KeyString(TAG_LENGTH), primary_key=True),
         # rule: computed by the engine; manual: set by staff; import: pulled from WeChat/WeCom.
-        Column("source", String(16), primary_key=True),
+        Column("source", KeyString(16), primary_key=True),
         Column("assigned_at", DateTime(), nullable=False),
         Column("run_id", BigInteger),
         Index(f"ix_{p}memberships_tag", "tag", "source"),
