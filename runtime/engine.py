@@ -713,15 +713,19 @@ class Engine:
                    .select_from(changed.join(tl, want != have)))
         by_mask = select(*[flags.c[f"m{w}"] for w in d.words], func.count().label("n")).group_by(
             *[flags.c[f"m{w}"] for w in d.words]).subquery("by_mask")
-        totals = (select(literal("total"), sa.cast(sa.null(), String()), tl.c.tag,
-                         sa.cast(func.sum(by_mask.c.n), BigInteger()))
-                  .select_from(by_mask.join(tl, d.mask_for(by_mask, tl).bitwise_and(tl.c.bit).self_group() != zero))
+        # One row per tag, 0 for a tag nobody gets.
+        totals = (select(literal("total").label("kind"), sa.cast(sa.null(), String()).label("openid"), tl.c.tag,
+                         sa.cast(func.coalesce(func.sum(by_mask.c.n), zero), BigInteger()).label("n"))
+                  .select_from(tl.outerjoin(by_mask,
+                                            d.mask_for(by_mask, tl).bitwise_and(tl.c.bit).self_group() != zero))
                   .group_by(tl.c.tag))
         diff = self._diff
         first = not self._holds_rule_memberships(conn, scope)
         _drop_temp(conn, diff)  # left over on a pooled connection
-        conn.execute(_CreateTempAs(diff, union_all(changes, totals)))
-        if dialect == "postgresql":  # no statistics on temporary tables otherwise
+        # Totals first: the CREATE … AS SELECT appends them before the
+        # changes, so a first apply finds them without reading every row.
+        conn.execute(_CreateTempAs(diff, union_all(totals, changes)))
+        if dialect == "postgresql" and not first:  # no statistics on temporary tables otherwise
             conn.exec_driver_sql(f"ANALYZE {_quote(conn, diff.name)}")  # the writes below join it to memberships
         for name in ("rules", "expiry", "limit", "diff"):
             steps(name)
@@ -729,8 +733,10 @@ class Engine:
         counts = {name: TagCount() for name in scope}
         if first:
             # Nothing stored: every membership the rules give is added. Saves
-            # grouping every added row (1.1 s at 1M followers).
-            for tag, n in conn.execute(select(diff.c.tag, diff.c.n).where(diff.c.kind == "total")):
+            # grouping every added row (1.1 s at 1M followers). One total per
+            # tag: the LIMIT stops the scan there (0.4 s at 1M).
+            for tag, n in conn.execute(select(diff.c.tag, diff.c.n).where(diff.c.kind == "total")
+                                       .limit(len(scope))):
                 counts[tag].total = counts[tag].added = int(n)
         else:
             for kind, tag, rows, n in conn.execute(select(diff.c.kind, diff.c.tag, func.count(), func.sum(diff.c.n))

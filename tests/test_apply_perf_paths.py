@@ -436,7 +436,8 @@ def test_postgresql_membership_keys_sort_bytewise_and_older_stores_still_apply(t
             make_store(url, config, followers=[{"openid": o, "age": 20} for o in "ab"],
                        memberships=[{"openid": "b", "tag": "VIP", "source": "manual", "assigned_at": T0}])
             assert query(url, "SELECT column_name, collation_name FROM information_schema.columns "
-                              "WHERE table_name = 'tagdsl_memberships' AND collation_name IS NOT NULL "
+                              "WHERE table_schema = current_schema() AND table_name = 'tagdsl_memberships' "
+                              "AND collation_name IS NOT NULL "
                               "ORDER BY column_name") == (
                 [("openid", "C"), ("source", "C"), ("tag", "C")] if collation == "C" else [])
             assert apply(url, config).added == 8
