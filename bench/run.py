@@ -342,6 +342,9 @@ def precompute(fields, orders, events, as_of):
     }
 
 
+IN_MEMORY_ROUNDS = 3
+
+
 def run_in_memory(n: int, seed: int, as_of):
     import rule_engine
 
@@ -353,35 +356,43 @@ def run_in_memory(n: int, seed: int, as_of):
     config = Config()
     evaluator = compile_python(load_ruleset([str(REFERENCE)], config=config), config)
     followers = [Follower(oid, fields, {"orders": orders, "events": events}) for oid, fields, orders, events in people]
-    out = {}
-
-    started = time.perf_counter()
-    got_eval = {(f.id, t) for f in followers for t in evaluator.tags(f, as_of)}
-    out["tagdsl evaluator"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    got_hand = {(oid, t) for oid, fields, orders, events in people
-                for t in naive_python.tags_for(fields, orders, events, as_of)}
-    out["hand-written Python"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    pre = [(oid, precompute(fields, orders, events, as_of)) for oid, fields, orders, events in people]
-    out["precompute for rule-engine"] = time.perf_counter() - started
     context = rule_engine.Context(default_value=None)
     compiled = []
     for entry in RULE_ENGINE_RULES:
         item = entry[0] if isinstance(entry[0], list) else [entry]
         compiled.append([(tag, rule_engine.Rule(expr, context=context)) for tag, expr in item])
-    started = time.perf_counter()
-    got_rules = set()
-    for oid, values in pre:
-        for members in compiled:
-            for tag, rule in members:
-                if rule.matches(values):
-                    got_rules.add((oid, tag))
-                    if len(members) > 1:
-                        break
-    out["rule-engine (on precomputed fields)"] = time.perf_counter() - started
+
+    def rule_engine_tags(pre):
+        got = set()
+        for oid, values in pre:
+            for members in compiled:
+                for tag, rule in members:
+                    if rule.matches(values):
+                        got.add((oid, tag))
+                        if len(members) > 1:
+                            break
+        return got
+
+    approaches = [
+        ("tagdsl evaluator", lambda _: {(f.id, t) for f in followers for t in evaluator.tags(f, as_of)}),
+        ("hand-written Python", lambda _: {(oid, t) for oid, fields, orders, events in people
+                                           for t in naive_python.tags_for(fields, orders, events, as_of)}),
+        ("precompute for rule-engine", lambda _: [(oid, precompute(fields, orders, events, as_of))
+                                                  for oid, fields, orders, events in people]),
+        ("rule-engine (on precomputed fields)", rule_engine_tags),
+    ]
+    # Best of IN_MEMORY_ROUNDS, the approaches alternating: a single run is
+    # at the mercy of whatever else the 2 cores do (the database server
+    # checkpointing after the loads doubled one approach's time once).
+    out: dict[str, float] = {}
+    got: dict[str, object] = {}
+    for _ in range(IN_MEMORY_ROUNDS):
+        for name, run in approaches:
+            started = time.perf_counter()
+            got[name] = run(got.get("precompute for rule-engine"))
+            out[name] = min(out.get(name, float("inf")), time.perf_counter() - started)
+    got_eval, got_hand, got_rules = (got["tagdsl evaluator"], got["hand-written Python"],
+                                     got["rule-engine (on precomputed fields)"])
     _compare("tagdsl evaluator", got_eval, "hand-written Python", got_hand)
     _compare("rule-engine", got_rules, "hand-written Python", got_hand)
     return {"followers": n, "seconds": out, "rows": len(got_eval)}
@@ -621,7 +632,8 @@ def main(argv=None) -> int:
                               args.reapply_rounds)
         if not args.skip_eval:
             mem, rss = in_child(run_in_memory, args.eval_size, args.seed, AS_OF)
-            print(f"\n== 5 in-memory evaluators, {mem['followers']:,} followers (same (openid, tag) set) ==")
+            print(f"\n== 5 in-memory evaluators, {mem['followers']:,} followers (same (openid, tag) set; "
+                  f"best of {IN_MEMORY_ROUNDS}, alternating) ==")
             s = mem["seconds"]
             hand = s["hand-written Python"]
             print(table([[k, fmt_s(v), f"{v / mem['followers'] * 1e6:.1f}", f"{v / hand:.2f}"] for k, v in s.items()],

@@ -271,6 +271,35 @@ def test_where_and_within_combined():
     assert value('count(orders where created_at > now() - 5d)', f) == 2
 
 
+def test_wheres_sharing_a_window_each_keep_their_own_rows():
+    # One rule reads several `where`s over the same window (the window's rows
+    # are gathered once and shared) and exists(… where …) stops at the first
+    # match: each must still see only its rows, in any order of evaluation.
+    rows = [order(1, "5", "a", promo=True), order(10, "7", "b"), order(40, "11", "a"), order(2, "13", None)]
+    f = follower(orders=rows)
+    both = ('exists(orders where category == "a" within 30d) and not exists(orders where category == "c" within 30d)'
+            ' and count(orders where category == "b" within 30d) == 1 and count(orders within 30d) == 3'
+            ' and sum(orders.amount where promo within 30d) == 5 and exists(orders where category == "a" within 5d)')
+    assert holds(both, f)
+    assert not holds('exists(orders where category == "b" within 5d)', f)
+    assert holds('exists(orders where category == "a") and not exists(orders where category is missing within 1d)', f)
+    assert value('count(orders where category == "a" within 30d)', f) == 1
+    assert value('count(orders where category == "a")', f) == 2
+    assert not holds('exists(orders where category == "a" within 30d)', follower(orders=[order(40, "1", "a")]))
+    assert not holds('exists(orders where category == "a" within 30d)', follower())
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"age": 18, "city": "上海"}, (True, True, False, True)),
+    ({"age": 17, "city": "杭州"}, (False, False, True, True)),
+    ({"age": None, "city": None}, (False, False, False, False)),  # missing: every test false
+])
+def test_field_tests_against_constants(fields, expected):
+    conditions = ("age between 18 and 24", 'city in ["上海", "北京"]', 'city not in ["上海", "北京"]',
+                  'age >= 17 and city != ""')
+    assert tuple(holds(c, follower(**fields)) for c in conditions) == expected
+
+
 def test_source_without_time_column():
     f = follower(points=[{"delta": 3, "note": "b"}, {"delta": 5, "note": "a"}, {"delta": None, "note": None}])
     assert value("sum(points.delta)", f) == 8

@@ -971,7 +971,7 @@ class SqlCompiler:
                 holds = holds(evaluator.context(Follower("", {}, {name: []}), as_of))
             except (TagDSLError, ArithmeticError, TypeError, ValueError):  # not decidable so: not a driver
                 continue
-            if holds is False:
+            if not holds:  # false, or missing: either way the follower is not counted
                 found.append(name)
         return found
 
