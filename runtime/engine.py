@@ -887,7 +887,7 @@ class Engine:
         self._require_memberships_for(rs, condition)
         compiler = self._compiler(rs)
         with self._errors("preview"), self.db.connect() as conn:
-            postgresql = conn.dialect.name == "postgresql"
+            postgresql, sqlite = conn.dialect.name == "postgresql", conn.dialect.name == "sqlite"
             plan = compiler.per_follower_count(condition, as_of) if postgresql and by is None else None
             if plan is not None and self._per_follower_is_cheaper(conn, plan):
                 # Its cost estimates are far too high (rows per follower of a
@@ -899,7 +899,11 @@ class Engine:
                 conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
                 rows = conn.execute(plan.count).all()
             else:
-                rows = conn.execute(compiler.count_select(condition, as_of, by=by)).all()
+                narrowed = compiler.narrowed_count(condition, as_of) if sqlite and by is None else None
+                if narrowed is not None and self._narrows_enough(conn, narrowed):
+                    rows = conn.execute(narrowed.count).all()
+                else:
+                    rows = conn.execute(compiler.count_select(condition, as_of, by=by)).all()
             openids: list[str] = []
             if sample:
                 sub = compiler.audience_select(condition, as_of).subquery("audience")
@@ -922,6 +926,17 @@ class Engine:
             breakdown = [BreakdownRow(shown(r[2]), int(r[1] or 0), int(r[0] or 0)) for r in rows]
             breakdown.sort(key=lambda b: (-b.count, -b.total, b.value is None, str(b.value)))
         return PreviewResult(label, as_of, self.config.tz, count, total, openids, breakdown, by)
+
+    # SQLite, 100k followers, the benchmark's previews: aggregating only for
+    # the narrowed followers took 0.06-0.4 s instead of 0.17-1.8 s when a
+    # third of them or fewer pass; 0.57 s instead of 0.34 s when 90 % do.
+    NARROWED_SHARE = 0.5
+
+    def _narrows_enough(self, conn, narrowed) -> bool:
+        """Whether at most NARROWED_SHARE of the first rows of the followers
+        table pass the narrowing conjuncts (SQLite keeps no estimates)."""
+        rows, passed = conn.execute(narrowed.share).one()
+        return bool(rows) and (passed or 0) <= self.NARROWED_SHARE * rows
 
     # Measured on the benchmark (1M followers, 12.6M source rows, PostgreSQL,
     # 2 cores): a pass over a source costs about 0.28 µs per row, a

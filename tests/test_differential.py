@@ -132,6 +132,12 @@ def sql_results(engine, tables, ruleset, audiences):
                 per = conn.execute(plan.count).one()
                 if (int(per.total), int(per.count or 0)) != (int(row.total), counts[a]):
                     counts[a] = ("per-follower shape", int(per.count or 0), "vs", counts[a])
+            # the narrowed shape (sources aggregated for the narrowed followers; SQLite's preview)
+            narrowed = compiler.narrowed_count(a, D.AS_OF)
+            if narrowed is not None:
+                per = conn.execute(narrowed.count).one()
+                if (int(per.total), int(per.count or 0)) != (int(row.total), int(row.count or 0)):
+                    counts[a] = ("narrowed shape", int(per.count or 0), "vs", counts[a])
     return pairs, counts
 
 

@@ -457,6 +457,42 @@ def test_preview_per_follower_shapes_count_what_the_other_shape_counts(tmp_path)
     assert all(c > 0 for c in counts), counts
 
 
+def test_sqlite_preview_aggregates_only_for_the_narrowed_followers_when_few_pass(tmp_path):
+    # SQLite: when at most half of the (first rows of the) followers pass the
+    # audience's field conjuncts, each source is aggregated for them only.
+    people = [{"openid": f"q{i}", "city": ["广州", "北京", None][i % 3], "gender": i % 3,
+               "age": None if i % 4 == 0 else 20 + i} for i in range(30)]
+    orders = ([order(f"q{i}", when=T0 - dt.timedelta(days=i), amount=f"{i}.50") for i in range(0, 30) if i % 7]
+              + [order(f"q{i}", when=T0 + DAY) for i in range(0, 30, 4)]
+              + [order(f"q{i}", when=T0 - dt.timedelta(days=400), amount="99") for i in range(0, 30, 5)])
+    events = [{"openid": f"q{i}", "occurred_at": T0 - dt.timedelta(days=i % 9), "type": "text", "key": None}
+              for i in range(0, 30, 2)]
+    # (audience, aggregated for the narrowed followers only): every follower
+    # has a gender, 22 of 30 an age: not narrow enough
+    audiences = [(a, "gender is not missing" not in a) for a, _shape in PER_FOLLOWER_AUDIENCES] + [
+        ('gender == 2 and last(orders.amount) >= 5', True),  # a value at the last time: a second pass
+        ('age is not missing and count(orders) >= 1', False)]
+    with isolated_engine("sqlite", tmp_path) as (_e, url):
+        make_store(url, followers=people, orders=orders, events=events,
+                   memberships=[{"openid": "q2", "tag": "VIP", "source": "manual", "assigned_at": T0}])
+        rules = tmp_path / "rules.tag"
+        rules.write_text(RULES, encoding="utf-8")
+        with Engine(CONFIG, url) as engine:
+            seen = []
+            sa.event.listen(engine.db, "before_cursor_execute", lambda c, cur, stmt, *a: seen.append(stmt))
+            for audience, narrow in audiences:
+                seen.clear()
+                narrowed = engine.preview(audience, as_of=T0, ruleset=[rules])
+                assert (" IN (SELECT" in seen[-1]) == narrow, audience
+                engine.NARROWED_SHARE = -1  # never
+                seen.clear()
+                plain = engine.preview(audience, as_of=T0, ruleset=[rules])
+                assert " IN (SELECT" not in seen[-1]
+                engine.NARROWED_SHARE = Engine.NARROWED_SHARE
+                assert (narrowed.count, narrowed.total) == (plain.count, plain.total), audience
+                assert plain.total == 30 and plain.count > 0, audience
+
+
 def test_preview_expression_errors_point_into_the_expression(sqlite_url, tmp_path):
     make_store(sqlite_url, followers=PEOPLE)
     rules = tmp_path / "rules.tag"

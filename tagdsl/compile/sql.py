@@ -260,7 +260,9 @@ class _SourceAggregates:
             return
         cols = [follower.label("fid")] + [self._aggregate(k).label(label) for k, label in self.keys.items()]
         stmt = select(*cols).group_by(follower)
-        if seen is not None:
+        if self.build.narrowing is not None:  # a preview: rows outside every window are not read either
+            stmt = stmt.where(*self._seen_rows(seen), follower.in_(self.build.narrowing))
+        elif seen is not None:
             stmt = stmt.where(seen)
         self.agg = stmt.cte(f"agg_{self.name}")
         if not self.picks:
@@ -294,7 +296,7 @@ class _SourceAggregates:
         self.pick = stmt.cte(f"last_{self.name}")
 
     def _seen_rows(self, seen) -> list:
-        """The row conditions of the per-follower shapes: seen by as-of and,
+        """The row conditions of the preview shapes: seen by as-of and,
         when every aggregate has a window, inside the widest (each
         aggregate's own condition still picks its rows)."""
         if seen is None:
@@ -371,6 +373,9 @@ class _Build:
         # (source, narrowing select): the FROM clause is that source's grouped
         # rows, and the follower id its `fid` (see _build_driving).
         self.driving: Optional[tuple[str, Select]] = None
+        # The followers (a select of their ids) every source is aggregated
+        # for, when only they can pass the condition (see narrowed_count).
+        self.narrowing: Optional[Select] = None
 
     def since(self, seconds: int) -> Optional[ColumnElement]:
         """The (exclusive) start of a `within` window: as_of − D, computed here;
@@ -935,6 +940,33 @@ class SqlCompiler:
                  .select_from(b.from_clause()).where(b.expr().pred(cond)))
         return PerFollowerCount(count, narrow, [s.table for s in b.sources.values()])
 
+    def narrowed_count(self, condition: ir.Expr | str, as_of: dt.datetime,
+                       sample: int = 5000) -> Optional["NarrowedCount"]:
+        """count_select(condition, as_of) (same two columns, same numbers) with
+        every source aggregated only for the followers who pass the
+        condition's conjuncts on follower fields: nobody else can be counted.
+        For SQLite, whose planner then walks the source's (follower, time)
+        index for those followers. None without such conjuncts, aggregates,
+        or with a ranking (which ranks everyone)."""
+        cond = self._condition(condition)
+        narrowing = [c for c in _conjuncts(self, cond)
+                     if not any(isinstance(n, (ir.Aggregate, ir.Rank, ir.TagRef)) for n in ir.walk(c))]
+        probe = _Build(self, as_of)
+        probe.collect([cond])
+        if not narrowing or not probe.sources or probe.ranks:
+            return None
+        b = _Build(self, as_of)
+        x = b.expr()
+        narrowed = and_(*(x.pred(c) for c in narrowing))
+        b.narrowing = select(b.follower_id).where(narrowed)
+        b.collect([cond])
+        holds = func.coalesce(func.sum(case((b.expr().pred(cond), 1), else_=0)), 0, type_=BigInteger())
+        count = select(func.count().label("total"), holds.label("count")).select_from(b.from_clause())
+        first = select(case((narrowed, 1), else_=0).label("k")).select_from(self.tables.followers).limit(sample)
+        first = first.subquery("first")
+        share = select(func.count(), func.sum(first.c.k)).select_from(first)
+        return NarrowedCount(count, share)
+
     def _reads_follower_fields(self, exprs: list[ir.Expr]) -> bool:
         """Whether any of ``exprs`` reads a follower field, through the tags
         they refer to and the aggregates' `where` included."""
@@ -1008,6 +1040,16 @@ class PerFollowerCount:
     count: Select
     narrowing: Select
     sources: list
+
+
+@dataclass
+class NarrowedCount:
+    """count_select's narrowed shape (see SqlCompiler.narrowed_count).
+    ``share``: (rows, narrowed) among the first rows of the followers table,
+    to tell whether the narrowing narrows at all."""
+
+    count: Select
+    share: Select
 
 
 def _conjuncts(compiler: "SqlCompiler", e: ir.Expr) -> list[ir.Expr]:
