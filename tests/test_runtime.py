@@ -412,11 +412,9 @@ PER_FOLLOWER_AUDIENCES = [
 ]
 
 
-def test_preview_per_follower_shapes_count_what_the_other_shape_counts(tmp_path):
-    # PostgreSQL: when few followers pass an audience's field conditions,
-    # preview reads the sources for those followers only instead of a pass
-    # over all of them; chosen by the planner's estimates, so only on
-    # analysed tables.
+def thirty_followers(url, tmp_path):
+    """A store of 30 followers (q0..q29) with orders, events and one manual
+    VIP tag, for comparing count shapes; returns the ruleset file."""
     people = [{"openid": f"q{i}", "city": ["广州", "北京", None][i % 3], "gender": i % 3,
                "age": None if i % 4 == 0 else 20 + i} for i in range(30)]
     orders = ([order(f"q{i}", when=T0 - dt.timedelta(days=i), amount=f"{i}.50") for i in range(0, 30) if i % 7]
@@ -424,11 +422,20 @@ def test_preview_per_follower_shapes_count_what_the_other_shape_counts(tmp_path)
               + [order(f"q{i}", when=T0 - dt.timedelta(days=400), amount="99") for i in range(0, 30, 5)])
     events = [{"openid": f"q{i}", "occurred_at": T0 - dt.timedelta(days=i % 9), "type": "text", "key": None}
               for i in range(0, 30, 2)]
+    make_store(url, followers=people, orders=orders, events=events,
+               memberships=[{"openid": "q2", "tag": "VIP", "source": "manual", "assigned_at": T0}])
+    rules = tmp_path / "rules.tag"
+    rules.write_text(RULES, encoding="utf-8")
+    return rules
+
+
+def test_preview_per_follower_shapes_count_what_the_other_shape_counts(tmp_path):
+    # PostgreSQL: when few followers pass an audience's field conditions,
+    # preview reads the sources for those followers only instead of a pass
+    # over all of them; chosen by the planner's estimates, so only on
+    # analysed tables.
     with isolated_engine("postgresql", tmp_path) as (_e, url):
-        make_store(url, followers=people, orders=orders, events=events,
-                   memberships=[{"openid": "q2", "tag": "VIP", "source": "manual", "assigned_at": T0}])
-        rules = tmp_path / "rules.tag"
-        rules.write_text(RULES, encoding="utf-8")
+        rules = thirty_followers(url, tmp_path)
         with Engine(CONFIG, url) as engine:
             seen = []
             sa.event.listen(engine.db, "before_cursor_execute", lambda c, cur, stmt, *a: seen.append(stmt))
@@ -460,23 +467,13 @@ def test_preview_per_follower_shapes_count_what_the_other_shape_counts(tmp_path)
 def test_sqlite_preview_aggregates_only_for_the_narrowed_followers_when_few_pass(tmp_path):
     # SQLite: when at most half of the (first rows of the) followers pass the
     # audience's field conjuncts, each source is aggregated for them only.
-    people = [{"openid": f"q{i}", "city": ["广州", "北京", None][i % 3], "gender": i % 3,
-               "age": None if i % 4 == 0 else 20 + i} for i in range(30)]
-    orders = ([order(f"q{i}", when=T0 - dt.timedelta(days=i), amount=f"{i}.50") for i in range(0, 30) if i % 7]
-              + [order(f"q{i}", when=T0 + DAY) for i in range(0, 30, 4)]
-              + [order(f"q{i}", when=T0 - dt.timedelta(days=400), amount="99") for i in range(0, 30, 5)])
-    events = [{"openid": f"q{i}", "occurred_at": T0 - dt.timedelta(days=i % 9), "type": "text", "key": None}
-              for i in range(0, 30, 2)]
     # (audience, aggregated for the narrowed followers only): every follower
     # has a gender, 22 of 30 an age: not narrow enough
     audiences = [(a, "gender is not missing" not in a) for a, _shape in PER_FOLLOWER_AUDIENCES] + [
         ('gender == 2 and last(orders.amount) >= 5', True),  # a value at the last time: a second pass
         ('age is not missing and count(orders) >= 1', False)]
     with isolated_engine("sqlite", tmp_path) as (_e, url):
-        make_store(url, followers=people, orders=orders, events=events,
-                   memberships=[{"openid": "q2", "tag": "VIP", "source": "manual", "assigned_at": T0}])
-        rules = tmp_path / "rules.tag"
-        rules.write_text(RULES, encoding="utf-8")
+        rules = thirty_followers(url, tmp_path)
         with Engine(CONFIG, url) as engine:
             seen = []
             sa.event.listen(engine.db, "before_cursor_execute", lambda c, cur, stmt, *a: seen.append(stmt))
