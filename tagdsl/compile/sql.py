@@ -913,8 +913,7 @@ class SqlCompiler:
         follower (LATERAL)."""
         cond = self._condition(condition)
         conjuncts = _conjuncts(self, cond)
-        narrowing = [c for c in conjuncts
-                     if not any(isinstance(n, (ir.Aggregate, ir.Rank, ir.TagRef)) for n in ir.walk(c))]
+        narrowing = _on_fields_alone(conjuncts)
         grouped = _Build(self, as_of)  # what the usual shape would read
         grouped.collect([cond])
         if not narrowing or not grouped.sources or grouped.ranks or any(s.picks for s in grouped.sources.values()):
@@ -949,8 +948,7 @@ class SqlCompiler:
         index for those followers. None without such conjuncts, aggregates,
         or with a ranking (which ranks everyone)."""
         cond = self._condition(condition)
-        narrowing = [c for c in _conjuncts(self, cond)
-                     if not any(isinstance(n, (ir.Aggregate, ir.Rank, ir.TagRef)) for n in ir.walk(c))]
+        narrowing = _on_fields_alone(_conjuncts(self, cond))
         probe = _Build(self, as_of)
         probe.collect([cond])
         if not narrowing or not probe.sources or probe.ranks:
@@ -1050,6 +1048,11 @@ class NarrowedCount:
 
     count: Select
     share: Select
+
+
+def _on_fields_alone(conjuncts: list[ir.Expr]) -> list[ir.Expr]:
+    """The conjuncts that read follower fields only (no aggregate, ranking or tag)."""
+    return [c for c in conjuncts if not any(isinstance(n, (ir.Aggregate, ir.Rank, ir.TagRef)) for n in ir.walk(c))]
 
 
 def _conjuncts(compiler: "SqlCompiler", e: ir.Expr) -> list[ir.Expr]:
