@@ -610,8 +610,7 @@ class _Compiler:
         if pred is not None:
             # exists(… where simple …): stop at the first row that passes,
             # without building the list of them.
-            window = self.filtered(e.source, None, e.within)
-            rows = window  # for the memo below: any(…) reads the window's rows
+            rows = self.filtered(e.source, None, e.within)
             reduce = lambda rows: any(map(pred, rows))  # noqa: E731
         else:
             rows = self.filtered(e.source, e.where, e.within)

@@ -906,17 +906,13 @@ class SqlCompiler:
         aggregate, no conjunct on follower fields alone to narrow by, a
         ranking, or last()/first() of a non-time value.
 
-        When a conjunct needs rows of one source (see _driving_sources) and
+        When a conjunct needs rows of one source (see _driving_source) and
         nothing else reads follower fields, the count starts from that
         source's rows of the narrowed followers, grouped (one parallel pass);
         otherwise from the narrowed followers, each source probed per
         follower (LATERAL)."""
-        cond = self._condition(condition)
-        conjuncts = _conjuncts(self, cond)
-        narrowing = _on_fields_alone(conjuncts)
-        grouped = _Build(self, as_of)  # what the usual shape would read
-        grouped.collect([cond])
-        if not narrowing or not grouped.sources or grouped.ranks or any(s.picks for s in grouped.sources.values()):
+        cond, conjuncts, narrowing, grouped = self._narrowable(condition, as_of)
+        if not narrowing or any(s.picks for s in grouped.sources.values()):
             return None
         x = _Build(self, as_of).expr()
         narrowed = and_(*(x.pred(c) for c in narrowing))
@@ -925,14 +921,14 @@ class SqlCompiler:
         rest = [c for c in conjuncts if c not in narrowing]
         # The narrowing is applied inside the driving source's subquery;
         # anything else reading a follower field needs the followers table.
-        drivers = [] if self._reads_follower_fields(rest) else self._driving_sources(rest, grouped.as_of)
-        if drivers:
+        driver = None if self._reads_follower_fields(rest) else self._driving_source(rest, grouped.as_of)
+        if driver is not None:
             b = _Build(self, as_of, per_follower=True)
-            b.driving = (drivers[0], select(b.follower_id).where(narrowed))
+            b.driving = (driver, select(b.follower_id).where(narrowed))
             b.collect([cond])
             count = (select(total.label("total"), func.count().label("count"))
                      .select_from(b.from_clause()).where(and_(*(b.expr().pred(c) for c in rest))))
-            return PerFollowerCount(count, narrow, [s.table for s in b.sources.values() if s.name != drivers[0]])
+            return PerFollowerCount(count, narrow, [s.table for s in b.sources.values() if s.name != driver])
         b = _Build(self, as_of, per_follower=True)
         b.collect([cond])
         count = (select(total.label("total"), func.count().label("count"))
@@ -947,23 +943,30 @@ class SqlCompiler:
         For SQLite, whose planner then walks the source's (follower, time)
         index for those followers. None without such conjuncts, aggregates,
         or with a ranking (which ranks everyone)."""
-        cond = self._condition(condition)
-        narrowing = _on_fields_alone(_conjuncts(self, cond))
-        probe = _Build(self, as_of)
-        probe.collect([cond])
-        if not narrowing or not probe.sources or probe.ranks:
+        cond, _, narrowing, _ = self._narrowable(condition, as_of)
+        if not narrowing:
             return None
         b = _Build(self, as_of)
         x = b.expr()
         narrowed = and_(*(x.pred(c) for c in narrowing))
         b.narrowing = select(b.follower_id).where(narrowed)
         b.collect([cond])
-        holds = func.coalesce(func.sum(case((b.expr().pred(cond), 1), else_=0)), 0, type_=BigInteger())
-        count = select(func.count().label("total"), holds.label("count")).select_from(b.from_clause())
+        count = _counting(b, cond)
         first = select(case((narrowed, 1), else_=0).label("k")).select_from(self.tables.followers).limit(sample)
         first = first.subquery("first")
         share = select(func.count(), func.sum(first.c.k)).select_from(first)
         return NarrowedCount(count, share)
+
+    def _narrowable(self, condition, as_of: dt.datetime):
+        """(condition, its conjuncts, those on follower fields alone, the usual
+        shape's build); no narrowing conjuncts when the condition reads no
+        source or ranks (a ranking ranks everyone)."""
+        cond = self._condition(condition)
+        conjuncts = _conjuncts(self, cond)
+        grouped = _Build(self, as_of)
+        grouped.collect([cond])
+        narrowing = _on_fields_alone(conjuncts) if grouped.sources and not grouped.ranks else []
+        return cond, conjuncts, narrowing, grouped
 
     def _reads_follower_fields(self, exprs: list[ir.Expr]) -> bool:
         """Whether any of ``exprs`` reads a follower field, through the tags
@@ -979,20 +982,19 @@ class SqlCompiler:
                     stack.extend(self.tag_dependencies(n.name))
         return False
 
-    def _driving_sources(self, conjuncts: list[ir.Expr], as_of: dt.datetime) -> list[str]:
-        """The sources some conjunct needs rows of: it reads aggregates of that
+    def _driving_source(self, conjuncts: list[ir.Expr], as_of: dt.datetime) -> Optional[str]:
+        """The first source some conjunct needs rows of: it reads aggregates of that
         source alone (no follower field, tag or ranking), and it is false for
         a follower without rows there (evaluated so in memory: count(…) >= 2
         is, count(…) == 0 and sum(…) is missing are not)."""
         from .python import Follower, _Compiler
 
-        found: list[str] = []
         for c in conjuncts:
             nodes = list(ir.walk(c))
             if any(isinstance(n, (ir.Field, ir.TagRef, ir.Rank)) for n in nodes):
                 continue
             names = {n.source for n in nodes if isinstance(n, ir.Aggregate)}
-            if len(names) != 1 or names <= set(found):
+            if len(names) != 1:
                 continue
             name = names.pop()
             evaluator = _Compiler(self.ruleset, self.config)
@@ -1002,8 +1004,8 @@ class SqlCompiler:
             except (TagDSLError, ArithmeticError, TypeError, ValueError):  # not decidable so: not a driver
                 continue
             if not holds:  # false, or missing: either way the follower is not counted
-                found.append(name)
-        return found
+                return name
+        return None
 
     def count_select(self, condition: ir.Expr | str, as_of: dt.datetime, by: str | None = None) -> Select:
         """One aggregate query: ``total`` followers and ``count`` where the
@@ -1012,9 +1014,7 @@ class SqlCompiler:
         cond = self._condition(condition)
         b = _Build(self, as_of)
         b.collect([cond])
-        holds = func.coalesce(func.sum(case((b.expr().pred(cond), 1), else_=0)), 0, type_=BigInteger())
-        cols = [func.count().label("total"), holds.label("count")]
-        stmt = select(*cols).select_from(b.from_clause())
+        stmt = _counting(b, cond)
         if by is None:
             return stmt
         spec = self.config.followers.fields.get(by)
@@ -1048,6 +1048,12 @@ class NarrowedCount:
 
     count: Select
     share: Select
+
+
+def _counting(b: _Build, cond: ir.Expr) -> Select:
+    """``total`` followers and ``count`` where ``cond`` holds, over ``b``'s FROM clause."""
+    holds = func.coalesce(func.sum(case((b.expr().pred(cond), 1), else_=0)), 0, type_=BigInteger())
+    return select(func.count().label("total"), holds.label("count")).select_from(b.from_clause())
 
 
 def _on_fields_alone(conjuncts: list[ir.Expr]) -> list[ir.Expr]:
